@@ -1,0 +1,120 @@
+"""Cold start: supervised fine-tuning of a named size on a task's reference solutions.
+
+RL needs a policy with room to improve: SFT runs until the sampled pass@1 at temperature 1 (the
+RL sampling distribution) reaches `sft.target_accuracy` (default 0.35, inside the useful 20-70%
+band), then stops. The checkpoint is a normal Hugging Face model directory (model + tokenizer),
+cached under a hash of everything that determines it, so repeated runs and all RL seeds reuse it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .model import build_model, cache_dir
+from .rollout import Rollout, generate, left_pad, response_logits
+from .tasks import Task, get_task
+from .tokenizer import ALPHABET, build_char_tokenizer, encode_prompts
+
+
+def sft_key(cfg: TrainConfig) -> str:
+    """Cache key of a cold start: model size, task, budget, SFT settings and tokenizer alphabet."""
+    payload = {"size": cfg.model.size, "task": cfg.task.name, "dtype": cfg.model.dtype,
+               "sft": dataclasses.asdict(cfg.sft), "alphabet": ALPHABET, "version": 1}
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{cfg.task.name}-{cfg.model.size}-{digest}"
+
+
+def sft_dir(cfg: TrainConfig) -> Path:
+    return cache_dir() / "sft" / sft_key(cfg)
+
+
+def supervised_batch(tokenizer, problems, eos_id: int, pad_id: int) -> Rollout:
+    """Prompts left-padded, reference solutions + EOS right-padded, as a Rollout (no sampler log-probs)."""
+    p_ids, p_mask = left_pad(encode_prompts(tokenizer, [p.prompt for p in problems]), pad_id)
+    sols = [tokenizer(p.solution, add_special_tokens=False)["input_ids"] + [eos_id] for p in problems]
+    R = max(len(s) for s in sols)
+    r_ids = torch.full((len(sols), R), pad_id, dtype=torch.long)
+    r_mask = torch.zeros((len(sols), R))
+    for i, s in enumerate(sols):
+        r_ids[i, :len(s)] = torch.tensor(s)
+        r_mask[i, :len(s)] = 1.0
+    return Rollout(p_ids, p_mask, r_ids, r_mask, torch.zeros_like(r_mask),
+                   torch.zeros(len(sols), dtype=torch.bool))
+
+
+@torch.no_grad()
+def sampled_accuracy(model, tokenizer, task: Task, problems, max_new_tokens: int, seed: int,
+                     temperature: float = 1.0) -> float:
+    """pass@1 at `temperature`: the fraction of single samples graded correct (truncated = wrong)."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    p_ids, p_mask = left_pad(encode_prompts(tokenizer, [p.prompt for p in problems]), pad)
+    g = torch.Generator().manual_seed(seed)
+    r = generate(model, p_ids, p_mask, max_new_tokens, eos, pad, g, temperature=temperature)
+    texts = tokenizer.batch_decode(r.response_ids, skip_special_tokens=True)
+    ok = [0.0 if tr else task.grade(p, t) for p, t, tr in zip(problems, texts, r.truncated.tolist())]
+    return float(np.mean(ok))
+
+
+def run_sft(cfg: TrainConfig, out_dir: Optional[Path] = None, progress: bool = True) -> Path:
+    """Train a cold start and save it (model + tokenizer + sft.json) to `out_dir`; returns the dir."""
+    out_dir = Path(out_dir) if out_dir else sft_dir(cfg)
+    task = get_task(cfg.task.name)
+    budget = cfg.task.max_new_tokens or task.max_new_tokens
+    tok = build_char_tokenizer()
+    s = cfg.sft
+    model = build_model(cfg.model.size, len(tok), seed=s.seed, dtype=cfg.model.dtype)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    eval_problems = task.sample(s.eval_prompts, np.random.default_rng([s.seed, 10**6]))
+    history = []
+    acc = 0.0
+    bar = tqdm(range(1, s.max_steps + 1), desc=f"sft {cfg.task.name}/{cfg.model.size}",
+               disable=not progress, leave=False)
+    for step in bar:
+        problems = task.sample(s.batch_size, np.random.default_rng([s.seed, step]))
+        batch = supervised_batch(tok, problems, eos, pad)
+        logits = response_logits(model, batch)
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), batch.response_ids.reshape(-1), reduction="none")
+        loss = (nll * batch.response_mask.reshape(-1)).sum() / batch.response_mask.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % s.eval_every == 0:
+            model.eval()
+            acc = sampled_accuracy(model, tok, task, eval_problems, budget, seed=s.seed + step)
+            model.train()
+            history.append({"step": step, "loss": loss.item(), "pass@1_t1": acc})
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
+            if acc >= s.target_accuracy:
+                break
+    bar.close()
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "sft.json").write_text(json.dumps(
+        {"key": sft_key(cfg), "task": cfg.task.name, "size": cfg.model.size, "steps": step,
+         "final_pass@1_t1": acc, "reached_target": acc >= s.target_accuracy,
+         "history": history, "sft": dataclasses.asdict(s)}, indent=2))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)  # atomic: a half-written cold start is never picked up from the cache
+    return out_dir
+
+
+def cold_start(cfg: TrainConfig, progress: bool = True) -> Path:
+    """The cached cold start for this config's size and task (trained on first use)."""
+    d = sft_dir(cfg)
+    if (d / "sft.json").exists():
+        return d
+    return run_sft(cfg, d, progress=progress)
