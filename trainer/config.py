@@ -128,6 +128,23 @@ class SFTConfig:
 
 
 @dataclass(frozen=True)
+class ProbesConfig:
+    """Which probes run and how often. The trainer only carries this section; solidrl.probes reads it."""
+
+    enabled: bool = True
+    groups: str = "all"
+    """Comma-separated probe groups, or 'all' (see docs/metrics.md for the groups and their keys)."""
+    every: int = 1
+    """Run the probes every N steps (rows in between carry only the loop's own keys)."""
+    jvp_every: int = 0
+    """Run the JVP first-order predictor every N steps (0 = off; it costs about three forwards)."""
+    max_states: int = 0
+    """Evaluate the expensive probes (JVP) on at most this many sequences (0 = all)."""
+    save_stats: bool = True
+    """Store the per-step batch statistics predictors need in run_dir/stats/."""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     steps: int = 40
     seed: int = 0
@@ -150,6 +167,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     offpolicy: OffPolicyConfig = field(default_factory=OffPolicyConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    probes: ProbesConfig = field(default_factory=ProbesConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     @property

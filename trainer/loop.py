@@ -134,10 +134,13 @@ class Trainer:
         else:
             self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         self.engine = RolloutEngine(self.model, cfg.offpolicy.staleness, cfg.offpolicy.rollout_dtype)
-        self.loss_params = algos.PolicyLossParams(cfg.algo.eps_low, cfg.algo.eps_high, cfg.algo.dual_clip_c)
         op = cfg.offpolicy
-        self.corr_params = algos.CorrectionParams(op.tis_cap, op.icepop_low, op.icepop_high,
-                                                  op.seq_low, op.seq_high)
+        try:
+            self.loss_params = algos.PolicyLossParams(cfg.algo.eps_low, cfg.algo.eps_high, cfg.algo.dual_clip_c)
+            self.corr_params = algos.CorrectionParams(op.tis_cap, op.icepop_low, op.icepop_high,
+                                                      op.seq_low, op.seq_high)
+        except ValueError as e:
+            raise ConfigError(f"algo/offpolicy settings: {e}") from None
         self.hooks: dict[str, list[Callable[[StepContext], None]]] = {p: [] for p in HOOK_POINTS}
         self.start_step = 0
         self.version = 0  # optimizer steps taken
@@ -172,9 +175,12 @@ class Trainer:
         self.engine.push(self.version)
         sampler, version = self.engine.model_for_sampling()
         r = self.cfg.rollout
-        ro = generate(sampler, p_ids.to(self.device), p_mask.to(self.device), self.budget,
-                      tok.eos_token_id, tok.pad_token_id, g, r.temperature, r.top_k, r.top_p,
-                      self.cfg.offpolicy.logit_noise)
+        try:
+            ro = generate(sampler, p_ids.to(self.device), p_mask.to(self.device), self.budget,
+                          tok.eos_token_id, tok.pad_token_id, g, r.temperature, r.top_k, r.top_p,
+                          self.cfg.offpolicy.logit_noise)
+        except FloatingPointError as e:
+            _finite_or_raise(torch.tensor(float("nan")), str(e), step, self.out)
         ro.policy_version = self.version if version < 0 else version
         return ro
 

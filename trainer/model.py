@@ -76,6 +76,9 @@ def load_pretrained(path: str, dtype: str = "float32", device: str = "cpu"):
         raise ModelLoadError(
             f"model path {path!r} is not a directory; pass a local Hugging Face model directory "
             f"(config.json + weights) or a registered name ({known})")
+    if not (p / "config.json").exists():
+        raise ModelLoadError(f"{p} has no config.json: not a Hugging Face model directory "
+                             "(save one with model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR))")
     try:
         tok = AutoTokenizer.from_pretrained(str(p))
     except Exception as e:  # noqa: BLE001 - any loader failure becomes one line for the user

@@ -100,6 +100,8 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new
     rmask = torch.zeros((S, max_new_tokens), dtype=torch.float32, device=device)
     for t in range(max_new_tokens):
         logits = out.logits[:, -1, :].float()
+        if not torch.isfinite(logits).all():
+            raise FloatingPointError("sampler logits")
         if logit_noise > 0:
             logits = logits + logit_noise * torch.randn(logits.shape, generator=generator, device=device)
         lq = sampling_logprobs(logits, temperature, top_k, top_p)

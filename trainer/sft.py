@@ -8,6 +8,8 @@ cached under a hash of everything that determines it, so repeated runs and all R
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import os
 import hashlib
 import json
 import shutil
@@ -18,6 +20,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import model as model_mod
+from . import rollout as rollout_mod
+from . import tasks as tasks_mod
+from . import tokenizer as tok_mod
 from .config import TrainConfig
 from .model import build_model, cache_dir
 from .rollout import Rollout, generate, left_pad, response_logits
@@ -27,8 +33,12 @@ from .tokenizer import ALPHABET, build_char_tokenizer, encode_prompts
 
 def sft_key(cfg: TrainConfig) -> str:
     """Cache key of a cold start: model size, task, budget, SFT settings and tokenizer alphabet."""
+    # The code that determines a cold start is part of its key: a change to it invalidates the cache.
+    code = b"".join(Path(m.__file__).read_bytes() for m in (model_mod, rollout_mod, tasks_mod, tok_mod))
+    code += Path(__file__).read_bytes()
     payload = {"size": cfg.model.size, "task": cfg.task.name, "dtype": cfg.model.dtype,
-               "sft": dataclasses.asdict(cfg.sft), "alphabet": ALPHABET, "version": 1}
+               "sft": dataclasses.asdict(cfg.sft), "alphabet": ALPHABET,
+               "code": hashlib.sha256(code).hexdigest()}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
     return f"{cfg.task.name}-{cfg.model.size}-{digest}"
 
@@ -98,7 +108,7 @@ def run_sft(cfg: TrainConfig, out_dir: Optional[Path] = None, progress: bool = T
             if acc >= s.target_accuracy:
                 break
     bar.close()
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp)
@@ -117,4 +127,10 @@ def cold_start(cfg: TrainConfig, progress: bool = True) -> Path:
     d = sft_dir(cfg)
     if (d / "sft.json").exists():
         return d
-    return run_sft(cfg, d, progress=progress)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    # One process trains a given cold start; others (parallel tests, probe-check arms) wait for it.
+    with open(d.parent / f"{d.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (d / "sft.json").exists():
+            return d
+        return run_sft(cfg, d, progress=progress)

@@ -1,0 +1,581 @@
+"""Hypothesis files for probe-check: TOML (read with tomllib) -> frozen dataclasses, fully validated.
+
+A hypothesis names arms (trainer config overrides), a run plan and a list of predictions. Nothing
+in the file is evaluated as code: values are TOML scalars, config fields are parsed by their
+declared type (trainer.config.apply_overrides), and predictors, estimators and tasks are looked up
+by name in their registries. Every mistake raises `HypothesisError`, whose message is one line:
+`FILE: field 'predict[2].metric': what is wrong; what is allowed`.
+
+The schema, field by field, is documented in docs/probe-check.md; hypotheses/ holds examples.
+
+Left out on purpose: expressions of any kind (a predicted value is a number or a registered
+predictor's output, never a formula), and grids of arms (an arm is one named set of overrides;
+a prediction compares one pair of arms).
+"""
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+KINDS = ("per_step", "ab", "counterfactual", "trajectory")
+COMPARES = ("direction", "ratio", "difference")
+DIRECTIONS = ("increase", "decrease")
+STATS = ("final", "mean", "auc")
+RESAMPLES = ("seeds", "seeds_and_steps")
+# Fields that decide the sampled batch: a counterfactual pair must agree on all of them so that the
+# two updates start from the same weights AND the same tokens.
+SAMPLING_SECTIONS = ("model", "task", "rollout", "sft", "run")
+SAMPLING_FIELDS = ("offpolicy.staleness", "offpolicy.rollout_dtype", "offpolicy.logit_noise")
+# [run] keys that map to one trainer field each (the rest of the trainer is reachable by [run.set]).
+RUN_SHORTCUTS = {"task": "task.name", "model": "model.size", "prompts_per_step": "rollout.prompts_per_step",
+                 "group_size": "rollout.group_size", "max_new_tokens": "task.max_new_tokens",
+                 "lr": "optim.lr"}
+_METRIC = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_@.\-]+)+$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class HypothesisError(ValueError):
+    """A malformed hypothesis; `str()` is one line naming the file, the field and what is allowed."""
+
+    def __init__(self, file: str, field_: str, msg: str):
+        self.file, self.field, self.msg = str(file), field_, msg
+        where = f"field '{field_}': " if field_ else ""
+        super().__init__(f"{self.file}: {where}{msg}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The dataclasses
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many steps and which seeds each arm runs; `overrides` apply to every arm."""
+
+    steps: int
+    seeds: tuple[int, ...]
+    overrides: tuple[tuple[str, Any], ...] = ()
+    counterfactual_every: int = 1
+    """Take the counterfactual treatment step at every N-th step of the baseline run."""
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """What a prediction says: a direction, or a value (a number or a predictor's output) +- tolerance."""
+
+    compare: str                      # direction | ratio | difference
+    direction: Optional[str] = None   # increase | decrease (compare = direction)
+    value: Optional[float] = None     # a number the user wrote
+    predictor: Optional[str] = None   # or a registered predictor, read from the baseline arm's rows
+    output: Optional[str] = None      # the predictor's output key (its metric name)
+    tolerance: float = 0.0
+
+    def describe(self) -> str:
+        if self.compare == "direction":
+            return f"{self.direction}"
+        what = f"{self.value:g}" if self.predictor is None else f"pred/{self.predictor}/{self.output}"
+        return f"{self.compare} {what} ± {self.tolerance:g}"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    kind: str
+    metric: str
+    label: str
+    arms: tuple[str, str] = ("baseline", "treatment")
+    """(baseline arm, treatment arm) for ab / counterfactual; arms[0] is the arm of per_step / trajectory."""
+    predicted: Optional[Predicted] = None     # ab, counterfactual
+    stat: str = "mean"                        # ab: final | mean | auc
+    window: Optional[tuple[int, int]] = None  # [start, stop) in steps
+    last: Optional[int] = None                # or: the last N steps
+    resample: str = "seeds_and_steps"         # ab
+    predictor: Optional[str] = None           # per_step, trajectory
+    output: Optional[str] = None              # per_step, trajectory: predictor output (default = metric)
+    observed: Optional[str] = None            # trajectory: the observed trajectory metric
+    min_r: Optional[float] = None             # per_step thresholds
+    slope: Optional[tuple[float, float]] = None
+    min_sign_agreement: Optional[float] = None
+    max_median_rel_error: Optional[float] = None
+    ratio: Optional[tuple[float, float]] = None  # trajectory: accumulated predicted / observed change
+    note: str = ""
+
+    @property
+    def field(self) -> str:
+        return f"predict[{self.index}]"
+
+    @property
+    def arm(self) -> str:
+        return self.arms[0]
+
+    @property
+    def pred_key(self) -> Optional[str]:
+        """The row key the predictor writes: pred/<predictor>/<output>."""
+        name = self.predictor or (self.predicted.predictor if self.predicted else None)
+        if name is None:
+            return None
+        out = self.output or (self.predicted.output if self.predicted and self.predicted.output else None)
+        return f"pred/{name}/{out or self.metric}"
+
+    @property
+    def output_field(self) -> str:
+        """The field that names the predictor's output: output when given, else metric."""
+        explicit = self.output or (self.predicted is not None and self.predicted.output not in (None, self.metric))
+        return f"{self.field}.output" if explicit else f"{self.field}.metric"
+
+    def arms_used(self) -> tuple[str, ...]:
+        return self.arms if self.kind in ("ab", "counterfactual") else (self.arms[0],)
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    name: str
+    claim: str
+    file: str
+    text: str                                      # the file as read (copied next to the report)
+    arms: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]   # (name, overrides) in file order
+    plan: Plan
+    quick: Plan
+    predictions: tuple[Prediction, ...]
+    derivation: str = ""
+    references: tuple[str, ...] = ()
+    expected: str = ""
+
+    def arm(self, name: str) -> dict[str, Any]:
+        return dict(dict(self.arms)[name])
+
+    @property
+    def arm_names(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.arms)
+
+    def counterfactual_pairs(self) -> tuple[tuple[str, str], ...]:
+        return tuple(dict.fromkeys(p.arms for p in self.predictions if p.kind == "counterfactual"))
+
+    def arms_to_run(self) -> tuple[str, ...]:
+        used = {a for p in self.predictions for a in (p.arms_used() if p.kind != "counterfactual" else p.arms[:1])}
+        return tuple(a for a in self.arm_names if a in used)
+
+
+# ----------------------------------------------------------------------------------------------
+# Field checkers: each takes (value, field) and returns the clean value or raises.
+
+
+class _Checker:
+    def __init__(self, file: str):
+        self.file = file
+
+    def fail(self, fld: str, msg: str):
+        raise HypothesisError(self.file, fld, msg)
+
+    def string(self, v, fld, nonempty=True) -> str:
+        if not isinstance(v, str):
+            self.fail(fld, f"expected a string, got {_show(v)}")
+        if nonempty and not v.strip():
+            self.fail(fld, "must not be empty")
+        return v
+
+    def integer(self, v, fld, lo: Optional[int] = None) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.fail(fld, f"expected an integer, got {_show(v)}")
+        if lo is not None and v < lo:
+            self.fail(fld, f"must be >= {lo}, got {v}")
+        return v
+
+    def number(self, v, fld, lo: Optional[float] = None, hi: Optional[float] = None) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            self.fail(fld, f"expected a finite number, got {_show(v)}")
+        if lo is not None and v < lo:
+            self.fail(fld, f"must be >= {lo:g}, got {v:g}")
+        if hi is not None and v > hi:
+            self.fail(fld, f"must be <= {hi:g}, got {v:g}")
+        return float(v)
+
+    def choice(self, v, fld, allowed) -> str:
+        if not isinstance(v, str) or v not in allowed:
+            self.fail(fld, f"{_show(v)} is not allowed; allowed: {', '.join(allowed)}")
+        return v
+
+    def pair(self, v, fld, integer=False, ordered=True) -> tuple:
+        if not isinstance(v, list) or len(v) != 2:
+            self.fail(fld, f"expected a list of two {'integers' if integer else 'numbers'} [lo, hi], got {_show(v)}")
+        conv = self.integer if integer else self.number
+        a, b = conv(v[0], fld), conv(v[1], fld)
+        if ordered and not a < b:
+            self.fail(fld, f"expected lo < hi, got [{a}, {b}]")
+        return (a, b)
+
+    def metric(self, v, fld) -> str:
+        self.string(v, fld)
+        if not _METRIC.match(v):
+            self.fail(fld, f"{v!r} is not a metric name; metric names have the form group/name "
+                           "(e.g. entropy/delta, grad/norm, reward/accuracy)")
+        return v
+
+    def predictor(self, v, fld) -> str:
+        self.string(v, fld)
+        from solidrl.theory.registry import UnknownNameError
+
+        reg = predictor_registry()
+        if reg is None:
+            self.fail(fld, f"unknown predictor {v!r}; no predictors are registered "
+                           "(solidrl.theory.predictors is not available)")
+        try:
+            reg.check(v)
+        except UnknownNameError as e:
+            self.fail(fld, str(e))
+        return v
+
+    def table(self, v, fld) -> dict:
+        if not isinstance(v, dict):
+            self.fail(fld, f"expected a table, got {_show(v)}")
+        return v
+
+    def keys(self, d: dict, fld: str, allowed, required=()) -> None:
+        for k in d:
+            if k not in allowed:
+                self.fail(_join(fld, k), f"unknown field; allowed here: {', '.join(sorted(allowed))}")
+        for k in required:
+            if k not in d:
+                self.fail(_join(fld, k), "missing (required)")
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}.{b}" if a else b
+
+
+def _show(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def predictor_registry():
+    """solidrl.theory.predictors.PREDICTORS, or None when that module is not there (imported lazily)."""
+    try:
+        from solidrl.theory import predictors
+    except ModuleNotFoundError as e:
+        if e.name in ("solidrl.theory.predictors",):
+            return None
+        raise
+    return predictors.PREDICTORS
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing
+
+
+TOP_KEYS = {"name", "claim", "derivation", "references", "expected", "run", "baseline", "treatment",
+            "arms", "predict"}
+RUN_KEYS = {"steps", "seeds", "set", "quick", "counterfactual_every", *RUN_SHORTCUTS}
+QUICK_KEYS = {"steps", "seeds", "set", "counterfactual_every", *RUN_SHORTCUTS}
+COMMON_PRED = {"kind", "metric", "label", "note"}
+KIND_KEYS = {
+    "per_step": COMMON_PRED | {"predictor", "output", "arm", "window", "last", "min_r", "slope",
+                               "min_sign_agreement", "max_median_rel_error"},
+    "ab": COMMON_PRED | {"arms", "stat", "window", "last", "resample", "compare", "direction",
+                         "value", "predictor", "output", "tolerance"},
+    "counterfactual": COMMON_PRED | {"arms", "window", "last", "compare", "direction", "value",
+                                     "predictor", "output", "tolerance"},
+    "trajectory": COMMON_PRED | {"predictor", "output", "arm", "observed", "window", "last", "ratio"},
+}
+KIND_REQUIRED = {
+    "per_step": ("metric", "predictor"),
+    "ab": ("metric", "compare"),
+    "counterfactual": ("metric", "compare"),
+    "trajectory": ("metric", "predictor", "observed", "ratio"),
+}
+
+
+def load(path: str | Path) -> Hypothesis:
+    """Read and validate a hypothesis file (raises HypothesisError, never anything else for bad input)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise HypothesisError(str(path), "", f"cannot read the file ({type(e).__name__}: {e.strerror or e})") from None
+    return parse(text, str(path))
+
+
+def parse(text: str, file: str = "<hypothesis>") -> Hypothesis:
+    c = _Checker(file)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise HypothesisError(file, "", f"not valid TOML ({e})") from None
+    c.keys(doc, "", TOP_KEYS, required=("name", "claim", "run", "predict"))
+    name = c.string(doc["name"], "name")
+    if not _NAME.match(name):
+        c.fail("name", f"{name!r}: use letters, digits, '_', '-', '.' (it names the output folder)")
+    claim = c.string(doc["claim"], "claim")
+    derivation = c.string(doc.get("derivation", ""), "derivation", nonempty=False)
+    expected = c.string(doc.get("expected", ""), "expected", nonempty=False)
+    refs = doc.get("references", [])
+    if not isinstance(refs, list):
+        c.fail("references", f"expected a list of strings, got {_show(refs)}")
+    refs = tuple(c.string(r, f"references[{i}]") for i, r in enumerate(refs))
+
+    arms = _parse_arms(c, doc)
+    run = c.table(doc["run"], "run")
+    c.keys(run, "run", RUN_KEYS, required=("steps", "seeds"))
+    plan = _parse_plan(c, run, "run")
+    quick_doc = c.table(run.get("quick", {}), "run.quick")
+    c.keys(quick_doc, "run.quick", QUICK_KEYS)
+    quick = _parse_plan(c, quick_doc, "run.quick", base=plan)
+
+    preds_doc = doc["predict"]
+    if not isinstance(preds_doc, list) or not preds_doc:
+        c.fail("predict", "expected one or more [[predict]] tables")
+    arm_names = tuple(n for n, _ in arms)
+    preds = tuple(_parse_prediction(c, p, i, arm_names) for i, p in enumerate(preds_doc))
+    labels = [p.label for p in preds]
+    for i, lab in enumerate(labels):
+        if labels.index(lab) != i:
+            c.fail(f"predict[{i}].label", f"duplicate label {lab!r}; labels name the rows of the report")
+    hyp = Hypothesis(name=name, claim=claim, file=file, text=text, arms=arms, plan=plan, quick=quick,
+                     predictions=preds, derivation=derivation, references=refs, expected=expected)
+    for p in preds:
+        for a in p.arms_used():
+            if a not in arm_names:
+                what = "arms" if p.kind in ("ab", "counterfactual") else "arm"
+                c.fail(f"{p.field}.{what}", f"unknown arm {a!r}; known: {', '.join(arm_names)}"
+                       + ("" if a != "treatment" else " (add a [treatment] table)"))
+    check_configs(hyp)
+    return hyp
+
+
+def _parse_arms(c: _Checker, doc: dict) -> tuple:
+    from solidrl.trainer.config import flatten
+
+    out = []
+    tables = [("baseline", doc.get("baseline", {}))]
+    if "treatment" in doc:
+        tables.append(("treatment", doc["treatment"]))
+    extra = c.table(doc.get("arms", {}), "arms")
+    for k, v in extra.items():
+        if k in ("baseline", "treatment"):
+            c.fail(f"arms.{k}", f"'{k}' is a top-level table ([{k}]), not [arms.{k}]")
+        if not _NAME.match(k):
+            c.fail(f"arms.{k}", "arm names use letters, digits, '_', '-', '.'")
+        tables.append((k, v))
+    for name, tbl in tables:
+        fld = name if name in ("baseline", "treatment") else f"arms.{name}"
+        over = flatten(c.table(tbl, fld))
+        for k in over:
+            if k in ("run.steps", "run.seed"):
+                c.fail(f"{fld}.{k}", "steps and seeds are set in [run] (steps = ..., seeds = [...]), not per arm")
+        out.append((name, tuple(over.items())))
+    return tuple(out)
+
+
+def _parse_plan(c: _Checker, run: dict, fld: str, base: Optional[Plan] = None) -> Plan:
+    from solidrl.trainer.config import flatten
+
+    steps = c.integer(run["steps"], f"{fld}.steps", lo=1) if "steps" in run else base.steps
+    if "seeds" in run:
+        seeds = run["seeds"]
+        if not isinstance(seeds, list) or not seeds:
+            c.fail(f"{fld}.seeds", f"expected a non-empty list of integers, got {_show(seeds)}")
+        seeds = tuple(c.integer(s, f"{fld}.seeds[{i}]", lo=0) for i, s in enumerate(seeds))
+        if len(set(seeds)) != len(seeds):
+            c.fail(f"{fld}.seeds", f"seeds must be distinct, got {list(seeds)}")
+    else:
+        seeds = base.seeds
+    over = dict(base.overrides) if base else {}
+    for k, key in RUN_SHORTCUTS.items():
+        if k in run:
+            v = run[k]
+            if isinstance(v, (dict, list)):
+                c.fail(f"{fld}.{k}", f"expected a single value, got {_show(v)}")
+            over[key] = v
+    sets = flatten(c.table(run.get("set", {}), f"{fld}.set"))
+    for k, v in sets.items():
+        if k in ("run.steps", "run.seed"):
+            c.fail(f"{fld}.set.{k}", "use steps = ... and seeds = [...] in [run] instead")
+        over[k] = v
+    cf = c.integer(run["counterfactual_every"], f"{fld}.counterfactual_every", lo=1) \
+        if "counterfactual_every" in run else (base.counterfactual_every if base else 1)
+    return Plan(steps=steps, seeds=seeds, overrides=tuple(over.items()), counterfactual_every=cf)
+
+
+def _parse_prediction(c: _Checker, p: Any, i: int, arm_names: tuple[str, ...]) -> Prediction:
+    fld = f"predict[{i}]"
+    c.table(p, fld)
+    if "kind" not in p:
+        c.fail(f"{fld}.kind", f"missing (required); allowed: {', '.join(KINDS)}")
+    kind = c.choice(p["kind"], f"{fld}.kind", KINDS)
+    c.keys(p, fld, KIND_KEYS[kind], required=KIND_REQUIRED[kind])
+    metric = c.metric(p["metric"], f"{fld}.metric")
+    kw: dict[str, Any] = {}
+
+    if "window" in p and "last" in p:
+        c.fail(f"{fld}.window", "give either window = [start, stop] or last = N, not both")
+    if "window" in p:
+        a, b = c.pair(p["window"], f"{fld}.window", integer=True)
+        if a < 0:
+            c.fail(f"{fld}.window", f"start must be >= 0, got {a}")
+        kw["window"] = (a, b)
+    if "last" in p:
+        kw["last"] = c.integer(p["last"], f"{fld}.last", lo=1)
+
+    if kind in ("ab", "counterfactual"):
+        arms = ("baseline", "treatment")
+        if "arms" in p:
+            v = p["arms"]
+            if not isinstance(v, list) or len(v) != 2 or not all(isinstance(x, str) for x in v) or v[0] == v[1]:
+                c.fail(f"{fld}.arms", f"expected two different arm names [baseline_arm, treatment_arm], got {_show(v)}")
+            arms = (v[0], v[1])
+        kw["arms"] = arms
+        kw["predicted"] = _parse_predicted(c, p, fld)
+        if kind == "ab":
+            kw["stat"] = c.choice(p.get("stat", "mean"), f"{fld}.stat", STATS)
+            kw["resample"] = c.choice(p.get("resample", "seeds_and_steps"), f"{fld}.resample", RESAMPLES)
+    else:
+        arm = p.get("arm", "baseline")
+        c.string(arm, f"{fld}.arm")
+        kw["arms"] = (arm, arm)
+        kw["predictor"] = c.predictor(p["predictor"], f"{fld}.predictor")
+        if "output" in p:
+            kw["output"] = c.metric(p["output"], f"{fld}.output")
+    if kind == "per_step":
+        if "min_r" in p:
+            kw["min_r"] = c.number(p["min_r"], f"{fld}.min_r", lo=-1, hi=1)
+        if "slope" in p:
+            kw["slope"] = c.pair(p["slope"], f"{fld}.slope")
+        if "min_sign_agreement" in p:
+            kw["min_sign_agreement"] = c.number(p["min_sign_agreement"], f"{fld}.min_sign_agreement", lo=0, hi=1)
+        if "max_median_rel_error" in p:
+            kw["max_median_rel_error"] = c.number(p["max_median_rel_error"], f"{fld}.max_median_rel_error", lo=0)
+        if not any(k in kw for k in ("min_r", "slope", "min_sign_agreement", "max_median_rel_error")):
+            c.fail(fld, "a per_step prediction needs at least one threshold: "
+                        "min_r, slope, min_sign_agreement, max_median_rel_error")
+    if kind == "trajectory":
+        kw["observed"] = c.metric(p["observed"], f"{fld}.observed")
+        kw["ratio"] = c.pair(p["ratio"], f"{fld}.ratio")
+    label = c.string(p["label"], f"{fld}.label") if "label" in p else fld
+    note = c.string(p.get("note", ""), f"{fld}.note", nonempty=False)
+    return Prediction(index=i, kind=kind, metric=metric, label=label, note=note, **kw)
+
+
+def _parse_predicted(c: _Checker, p: dict, fld: str) -> Predicted:
+    compare = c.choice(p["compare"], f"{fld}.compare", COMPARES)
+    if compare == "direction":
+        for k in ("value", "predictor", "tolerance", "output"):
+            if k in p:
+                c.fail(f"{fld}.{k}", "compare = 'direction' takes only direction = 'increase' | 'decrease'")
+        if "direction" not in p:
+            c.fail(f"{fld}.direction", f"missing (required with compare = 'direction'); allowed: {', '.join(DIRECTIONS)}")
+        return Predicted(compare, direction=c.choice(p["direction"], f"{fld}.direction", DIRECTIONS))
+    if "direction" in p:
+        c.fail(f"{fld}.direction", f"only with compare = 'direction' (this one is {compare!r})")
+    if ("value" in p) == ("predictor" in p):
+        c.fail(f"{fld}.value", f"compare = {compare!r} needs exactly one of value = <number> or predictor = '<name>'")
+    if "tolerance" not in p:
+        c.fail(f"{fld}.tolerance", "missing (required with a value or predictor): the half-width of the predicted interval")
+    tol = c.number(p["tolerance"], f"{fld}.tolerance", lo=0)
+    if "value" in p:
+        if "output" in p:
+            c.fail(f"{fld}.output", "output names a predictor's output; this prediction gives a value")
+        return Predicted(compare, value=c.number(p["value"], f"{fld}.value"), tolerance=tol)
+    pred = c.predictor(p["predictor"], f"{fld}.predictor")
+    out = c.metric(p["output"], f"{fld}.output") if "output" in p else None
+    return Predicted(compare, predictor=pred, output=out or c.metric(p["metric"], f"{fld}.metric"), tolerance=tol)
+
+
+# ----------------------------------------------------------------------------------------------
+# Arms -> trainer configs
+
+
+def arm_config(hyp: Hypothesis, arm: str, plan: Plan, seed: int):
+    """The TrainConfig of one (arm, seed): defaults <- plan overrides <- arm overrides <- seed, steps."""
+    from solidrl.trainer.config import TrainConfig, apply_overrides
+
+    over = {**dict(plan.overrides), **hyp.arm(arm), "run.seed": seed, "run.steps": plan.steps}
+    return apply_overrides(TrainConfig(), over)
+
+
+def _arm_field(hyp: Hypothesis, arm: str, plan: Plan, msg: str) -> str:
+    """Best guess of which field an error message is about: the override whose key or value it names."""
+    fld_arm = arm if arm in ("baseline", "treatment") else f"arms.{arm}"
+    for k, v in hyp.arm(arm).items():
+        if k in msg or repr(v) in msg:
+            return f"{fld_arm}.{k}"
+    for k, v in plan.overrides:
+        if k in msg or repr(v) in msg:
+            return f"run.set.{k}"
+    return fld_arm
+
+
+def check_configs(hyp: Hypothesis, plans: Optional[tuple[Plan, ...]] = None) -> None:
+    """Build and validate every arm's config under each plan (types, values, registry names)."""
+    from solidrl.theory.registry import UnknownNameError
+    from solidrl.trainer.config import ConfigError, validate
+    from solidrl.trainer.loop import check_names
+
+    for plan in plans or (hyp.plan, hyp.quick):
+        for arm in hyp.arm_names:
+            try:
+                cfg = arm_config(hyp, arm, plan, plan.seeds[0])
+                validate(cfg)
+                check_names(cfg)
+            except (ConfigError, UnknownNameError) as e:
+                raise HypothesisError(hyp.file, _arm_field(hyp, arm, plan, str(e)), str(e)) from None
+    for a, b in hyp.counterfactual_pairs():
+        ca, cb = (arm_config(hyp, x, hyp.plan, 0).to_dict() for x in (a, b))
+        diff = [f"{s}.{k}" for s in SAMPLING_SECTIONS for k in ca[s] if ca[s][k] != cb[s][k]]
+        diff += [k for k in SAMPLING_FIELDS if ca[k.split('.')[0]][k.split('.')[1]] != cb[k.split('.')[0]][k.split('.')[1]]]
+        if diff:
+            i = next(p.index for p in hyp.predictions if p.kind == "counterfactual" and p.arms == (a, b))
+            raise HypothesisError(
+                hyp.file, f"predict[{i}].arms",
+                f"a counterfactual pair must sample the same batch from the same weights, but arms {a!r} "
+                f"and {b!r} differ in {', '.join(diff)}; use kind = 'ab' for this pair")
+
+
+def resolve_plan(hyp: Hypothesis, quick: bool = False, steps: Optional[int] = None,
+                 seeds: Optional[tuple[int, ...]] = None) -> Plan:
+    """The plan a run uses: [run], or [run.quick] with --quick; --steps / --seeds override either."""
+    from dataclasses import replace
+
+    plan = hyp.quick if quick else hyp.plan
+    if steps is not None:
+        if steps < 1:
+            raise HypothesisError(hyp.file, "--steps", f"must be >= 1, got {steps}")
+        plan = replace(plan, steps=steps)
+    if seeds is not None:
+        if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            raise HypothesisError(hyp.file, "--seeds", f"expected distinct integers >= 0, got {list(seeds)}")
+        plan = replace(plan, seeds=tuple(seeds))
+    for p in hyp.predictions:
+        if p.window and p.window[0] >= plan.steps:
+            raise HypothesisError(hyp.file, f"{p.field}.window",
+                                  f"starts at step {p.window[0]} but the run has {plan.steps} steps")
+    if plan is not hyp.plan and plan is not hyp.quick:
+        check_configs(hyp, (plan,))
+    return plan
+
+
+def window_slice(p: Prediction, n_steps: int) -> slice:
+    """The steps a prediction looks at: window [start, stop) clipped to the run, the last N, or all."""
+    if p.window:
+        return slice(p.window[0], min(p.window[1], n_steps))
+    if p.last:
+        return slice(max(0, n_steps - p.last), n_steps)
+    return slice(0, n_steps)
+
+
+def metrics_needed(hyp: Hypothesis) -> dict[str, list[tuple[str, str]]]:
+    """arm -> [(metric key, field)] the predictions read from that arm's rows (predictor keys excluded)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for p in hyp.predictions:
+        for a in p.arms_used():
+            out.setdefault(a, []).append((p.metric, f"{p.field}.metric"))
+        if p.observed:
+            out.setdefault(p.arm, []).append((p.observed, f"{p.field}.observed"))
+    return out
+
+
+__all__ = ["HypothesisError", "Hypothesis", "Plan", "Prediction", "Predicted", "load", "parse",
+           "arm_config", "check_configs", "resolve_plan", "window_slice", "metrics_needed",
+           "predictor_registry", "KINDS", "COMPARES", "STATS", "RESAMPLES"]

@@ -1,0 +1,233 @@
+"""probe-check's outputs: the terminal table (rich), report.json, report.md and plots/*.png (matplotlib Agg).
+
+The input is the result dict built by probes.check.judge_all: JSON-ready, except that each
+prediction may carry a private '_plot' entry with the arrays its figure needs; report.json
+drops those (the arrays are in the run directories' metrics.jsonl).
+
+Figures, one per prediction:
+  ab             the metric's trajectory per arm (mean over seeds, min-max band over seeds), the
+                 judged window shaded, and the predicted treatment trajectory when the prediction
+                 gives a value (baseline x ratio, or baseline + difference)
+  trajectory     observed trajectory vs the predictor's one-step deltas accumulated from the
+                 window's first observed value (mean over seeds, band)
+  per_step       scatter of predicted vs observed one-step change, with the y = x line
+  counterfactual scatter of the baseline update's effect vs the treatment update's effect on the
+                 same batch, with y = x and the predicted line
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+COLORS = {"confirmed": "green", "refuted": "red", "inconclusive": "yellow"}
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
+def write(result: dict[str, Any], out: Path, plots: bool = True) -> dict[str, Any]:
+    """Write report.json, report.md and (unless plots=False) plots/*.png into `out`; returns the JSON dict."""
+    out = Path(out)
+    files: dict[int, str] = {}
+    if plots:
+        files = write_plots(result, out / "plots")
+    clean = dict(result)
+    clean["predictions"] = []
+    for e in result["predictions"]:
+        e = {k: v for k, v in e.items() if k != "_plot"}
+        if e["index"] in files:
+            e["plot"] = files[e["index"]]
+        clean["predictions"].append(e)
+    (out / "report.json").write_text(json.dumps(_jsonable(clean), indent=2, allow_nan=False))
+    (out / "report.md").write_text(markdown(clean))
+    return clean
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return _jsonable(x.item())
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Terminal
+
+
+def print_table(result: dict[str, Any], console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(highlight=False, emoji=False)
+    h = result["hypothesis"]
+    t = Table(title=f"{h['name']}: {h['claim'].splitlines()[0][:100]}", show_lines=True)
+    for col in ("prediction", "predicted", "observed [90% interval]", "verdict"):
+        t.add_column(col, overflow="fold")
+    for e in result["predictions"]:
+        v = e["verdict"]
+        t.add_row(f"{e['label']}\n{e['kind']}: {e['metric']} ({' vs '.join(e['arms'])})",
+                  e["predicted"], e["observed"], f"[{COLORS[v]}]{v}[/]")
+    console.print(t)
+    s = result["summary"]
+    console.print(f"{s['confirmed']} confirmed, {s['refuted']} refuted, {s['inconclusive']} inconclusive"
+                  f" ({result['mode']} mode: {result['steps']} steps, seeds {result['seeds']})")
+    for e in result["predictions"]:
+        for n in e.get("notes", []):
+            console.print(f"  note [{e['label']}]: {n}", markup=False)
+    for r in result["runs"]:
+        if r["status"] not in ("finished", "collapsed"):
+            console.print(f"[red]run failed:[/] {r['dir']}: {r['reason']}", markup=True, highlight=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _md_escape(s: str) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(r: dict[str, Any]) -> str:
+    h = r["hypothesis"]
+    s = r["summary"]
+    lines = [f"# probe-check: {h['name']}", "", f"**Claim.** {h['claim']}", ""]
+    if h.get("derivation"):
+        lines += ["**Derivation.**", "", h["derivation"], ""]
+    lines += [f"Mode **{r['mode']}**: {r['steps']} steps, seeds {r['seeds']}; "
+              f"**{s['confirmed']} confirmed, {s['refuted']} refuted, {s['inconclusive']} inconclusive** "
+              f"(exit code {r['exit_code']})." + (f" Wall time {r['wall_s']} s." if r.get("wall_s") else ""), ""]
+    lines += ["| prediction | kind | predicted | observed [90% interval] | verdict |", "|---|---|---|---|---|"]
+    for e in r["predictions"]:
+        lines.append(f"| {_md_escape(e['label'])} | {e['kind']} `{e['metric']}` | {_md_escape(e['predicted'])} | "
+                     f"{_md_escape(e['observed'])} | **{e['verdict']}** |")
+    lines.append("")
+    for e in r["predictions"]:
+        if e.get("notes") or e.get("note") or e.get("plot"):
+            lines.append(f"### {e['label']}")
+            if e.get("note"):
+                lines += ["", e["note"]]
+            for n in e.get("notes", []):
+                lines.append(f"- {n}")
+            if e.get("plot"):
+                lines += ["", f"![{e['label']}]({e['plot']})"]
+            lines.append("")
+    lines += ["## Runs", "", "| arm | seed | status | wall s | directory |", "|---|---|---|---|---|"]
+    for run in r["runs"]:
+        st = run["status"] + (f" ({_md_escape(run['reason'])})" if run.get("reason") else "")
+        lines.append(f"| {run['arm']} | {run['seed']} | {st} | {run.get('wall_s', '')} | `{run['dir']}` |")
+        for cf in run.get("counterfactual", []):
+            lines.append(f"| ↳ counterfactual {cf['treatment']} | {run['seed']} | {cf['batch_matches']}/{cf['steps']} "
+                         f"batches identical | | `{cf['dir']}` |")
+    m = r["method"]
+    lines += ["", f"Intervals: {m['interval']} bootstrap, {m['bootstrap_resamples']} resamples, "
+                  f"{int(m['confidence'] * 100)}% level, numpy seed {m['rng_seed']} (deterministic). "
+                  "confirmed = interval inside the prediction, refuted = outside, inconclusive = straddles.", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Plots
+
+
+def _band(ax, x, arr, label, color, ls="-"):
+    a = np.asarray(arr, float)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            m, lo, hi = np.nanmean(a, 0), np.nanmin(a, 0), np.nanmax(a, 0)
+    ax.plot(x, m, ls, color=color, label=label)
+    if a.shape[0] > 1:
+        ax.fill_between(x, lo, hi, color=color, alpha=0.2, linewidth=0)
+
+
+def write_plots(result: dict[str, Any], d: Path) -> dict[int, str]:
+    """One PNG per prediction that has plot data; returns {prediction index: path relative to the report}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for e in result["predictions"]:
+        pd = e.get("_plot")
+        if not pd:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
+        try:
+            _draw(ax, e, pd)
+            ax.set_title(f"{e['label']} — {e['verdict']}", fontsize=9, color={"confirmed": "darkgreen",
+                         "refuted": "darkred"}.get(e["verdict"], "black"))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+            name = f"{e['index']:02d}_{pd['type']}_{_safe(e['metric'])}.png"
+            fig.tight_layout()
+            fig.savefig(d / name)
+            files[e["index"]] = f"plots/{name}"
+        finally:
+            plt.close(fig)
+    return files
+
+
+def _draw(ax, e: dict, pd: dict) -> None:
+    t = pd["type"]
+    if t == "ab":
+        b, tr = np.asarray(pd["baseline"], float), np.asarray(pd["treatment"], float)
+        x = np.arange(b.shape[1])
+        _band(ax, x, b, f"{pd['arms'][0]} (baseline)", "tab:blue")
+        _band(ax, x, tr, f"{pd['arms'][1]} (treatment)", "tab:orange")
+        pred = e.get("predictor_value")
+        v = pred if pred is not None else None
+        crit = e.get("criteria", [])
+        if crit and crit[0]["name"] in ("ratio", "difference") and crit[0]["allowed"][0] is not None \
+                and crit[0]["allowed"][1] is not None:
+            v = (crit[0]["allowed"][0] + crit[0]["allowed"][1]) / 2
+            pt = b * v if crit[0]["name"] == "ratio" else b + v
+            _band(ax, x, pt, "predicted treatment", "tab:green", "--")
+        w = pd["window"]
+        ax.axvspan(w[0] - 0.5, w[1] - 0.5, color="grey", alpha=0.08, label="judged window")
+        ax.set_xlabel("step")
+        ax.set_ylabel(pd["metric"])
+    elif t == "trajectory":
+        o = np.asarray(pd["observed"], float)
+        x = np.arange(o.shape[1])
+        _band(ax, x, o, f"observed {pd['metric']}", "tab:blue")
+        p = np.asarray(pd["predicted"], float)
+        _band(ax, np.arange(pd["start"], pd["start"] + p.shape[1]), p, f"accumulated {pd['pred_key']}",
+              "tab:green", "--")
+        ax.set_xlabel("step")
+        ax.set_ylabel(pd["metric"])
+    elif t in ("scatter", "cf"):
+        if t == "scatter":
+            xs, ys = np.asarray(pd["predicted"], float), np.asarray(pd["observed"], float)
+            xl, yl = f"predicted ({pd['xlabel']})", f"observed ({pd['ylabel']})"
+        else:
+            xs, ys = np.asarray(pd["baseline"], float), np.asarray(pd["treatment"], float)
+            xl, yl = f"{pd['metric']}: {pd['arms'][0]} update", f"{pd['metric']}: {pd['arms'][1]} update (same batch)"
+        ok = np.isfinite(xs) & np.isfinite(ys)
+        xs, ys = xs[ok], ys[ok]
+        ax.scatter(xs, ys, s=10, alpha=0.6)
+        if xs.size:
+            lo, hi = float(min(xs.min(), ys.min())), float(max(xs.max(), ys.max()))
+            pad = 0.05 * (hi - lo or 1.0)
+            line = np.array([lo - pad, hi + pad])
+            ax.plot(line, line, "k--", lw=1, label="y = x")
+            if t == "cf" and pd.get("value") is not None and pd.get("compare") in ("ratio", "difference"):
+                v = pd["value"]
+                ax.plot(line, line * v if pd["compare"] == "ratio" else line + v, "g:", lw=1.2,
+                        label=f"predicted ({pd['compare']} {v:.3g})")
+        ax.set_xlabel(xl, fontsize=8)
+        ax.set_ylabel(yl, fontsize=8)

@@ -1,0 +1,36 @@
+"""Shared fixtures. Cold starts are cached in one directory per test session (or $SOLIDRL_CACHE)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def solidrl_cache(tmp_path_factory):
+    """One cold-start cache for the whole session, so each (task, size) is SFT-trained once."""
+    if not os.environ.get("SOLIDRL_CACHE"):
+        # getbasetemp().parent is shared by pytest-xdist workers; cold_start() locks per key.
+        shared = tmp_path_factory.getbasetemp().parent / "solidrl_cache"
+        shared.mkdir(exist_ok=True)
+        os.environ["SOLIDRL_CACHE"] = str(shared)
+    yield os.environ["SOLIDRL_CACHE"]
+
+
+def tiny_overrides(**extra):
+    """A tiny nano run: 8 prompts x 4 samples, 3 steps (fast enough for the default suite)."""
+    base = {"rollout.prompts_per_step": 8, "rollout.group_size": 4, "run.steps": 3}
+    base.update(extra)
+    return base
+
+
+def read_rows(run_dir):
+    import json
+    from pathlib import Path
+
+    text = (Path(run_dir) / "metrics.jsonl").read_text()
+    return [json.loads(x) for x in text.splitlines() if x.strip()]
+
+
+def strip_time(rows):
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]

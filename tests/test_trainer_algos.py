@@ -1,0 +1,558 @@
+"""solidrl.trainer.algos: every registered function against a hand computation and an independent reference.
+
+Worked examples carry their arithmetic in comments. References share no code with the module:
+numpy / scipy / torch.distributions restatements, exact enumeration over a small vocabulary, and
+autograd of the formula as written in the paper. Hypothesis checks the invariants over each
+argument's domain (derandomized, so every run draws the same cases).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from solidrl.theory.registry import UnknownNameError
+from solidrl.trainer.algos import (
+    ADVANTAGES,
+    AGGREGATIONS,
+    CORRECTIONS,
+    KL_ESTIMATORS,
+    POLICY_LOSSES,
+    CorrectionParams,
+    PolicyLossParams,
+    entropy_from_logits,
+    gather_logprobs,
+    token_weights,
+    touched,
+)
+
+hyp = settings(max_examples=40, deadline=None, derandomize=True)
+F64 = torch.float64
+INF = math.inf
+
+
+def t(x) -> torch.Tensor:
+    return torch.tensor(x, dtype=F64)
+
+
+def close(a, b, atol=1e-10, rtol=1e-10):
+    torch.testing.assert_close(torch.as_tensor(a, dtype=F64), torch.as_tensor(b, dtype=F64), atol=atol, rtol=rtol)
+
+
+def finite(lo, hi):
+    return st.floats(lo, hi, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def batches(draw, lo=-5.0, hi=5.0, max_b=4, max_t=6):
+    """(values [B,T] float64, mask [B,T] float 0/1) with empty rows allowed."""
+    b, tt = draw(st.integers(1, max_b)), draw(st.integers(1, max_t))
+    x = draw(hnp.arrays(np.float64, (b, tt), elements=finite(lo, hi)))
+    m = draw(hnp.arrays(np.bool_, (b, tt)))
+    return torch.from_numpy(x), torch.from_numpy(m).to(F64)
+
+
+def test_registries_hold_exactly_the_contracted_names():
+    assert ADVANTAGES.names() == ["grpo", "rloo", "dr_grpo", "reinforce", "raw"]
+    assert POLICY_LOSSES.names() == ["vanilla", "ppo_clip", "dual_clip", "seq_ratio"]
+    assert AGGREGATIONS.names() == ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+    assert KL_ESTIMATORS.names() == ["k1", "k2", "k3", "exact"]
+    assert CORRECTIONS.names() == ["none", "tis", "icepop", "masked_seq_is"]
+    for reg in (ADVANTAGES, POLICY_LOSSES, AGGREGATIONS, KL_ESTIMATORS, CORRECTIONS):
+        for name in reg:
+            assert len(reg.get(name).__doc__ or "") > 40, f"{reg.kind} {name!r} needs a docstring with its formula"
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(UnknownNameError, match="known: token-mean, seq-mean-token-mean"):
+        AGGREGATIONS.get("seq-mean")
+    with pytest.raises(UnknownNameError, match="unknown loss aggregation 'sum'"):
+        token_weights("sum", torch.ones(1, 1), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Advantages
+# ---------------------------------------------------------------------------------------------
+
+
+def test_grpo_binary_group_is_sqrt3_and_minus_inv_sqrt3():
+    # r = [1,0,0,0]: p = 1/4, mean = 0.25, population std = sqrt(p(1-p)) = sqrt(3)/4 = 0.4330
+    # A = (1 - 0.25)/0.4330 = sqrt(3) = 1.7321 ;  (0 - 0.25)/0.4330 = -1/sqrt(3) = -0.5774   (up to the 1e-6 eps)
+    adv = ADVANTAGES.get("grpo")(t([[1.0, 0.0, 0.0, 0.0]]))
+    s3 = math.sqrt(3)
+    close(adv, [[s3, -1 / s3, -1 / s3, -1 / s3]], atol=1e-5, rtol=0)
+
+
+def test_grpo_non_binary_group_matches_numpy_population_std():
+    # r = [1,2,3,6]: mean 3, deviations [-2,-1,0,3], var = (4+1+0+9)/4 = 3.5, std = 1.870829
+    # A = [-1.069045, -0.534522, 0, 1.603567]
+    adv = ADVANTAGES.get("grpo")(t([[1.0, 2.0, 3.0, 6.0]]))
+    close(adv, [[-2 / math.sqrt(3.5), -1 / math.sqrt(3.5), 0.0, 3 / math.sqrt(3.5)]], atol=1e-5, rtol=0)
+    rng = np.random.default_rng(0)
+    r = rng.normal(size=(5, 7))
+    ref = (r - r.mean(1, keepdims=True)) / (np.std(r, axis=1, ddof=0, keepdims=True) + 1e-6)
+    close(ADVANTAGES.get("grpo")(torch.from_numpy(r)), ref)
+
+
+def test_grpo_is_trl_verl_unbiased_std_times_sqrt_g_over_g_minus_1():
+    # TRL / verl divide by the unbiased std (ddof=1); ours = theirs * sqrt(G/(G-1)) (eps aside).
+    rng = np.random.default_rng(1)
+    r = rng.normal(size=(3, 8))
+    theirs = (r - r.mean(1, keepdims=True)) / np.std(r, axis=1, ddof=1, keepdims=True)
+    close(ADVANTAGES.get("grpo")(torch.from_numpy(r)), theirs * math.sqrt(8 / 7), atol=1e-5, rtol=0)
+
+
+def test_grpo_all_equal_rewards_give_zero_not_nan():
+    # std = 0 -> (r - mean)/(0 + 1e-6) = 0/1e-6 = 0; 0.1 is not representable, so allow ~1e-11.
+    adv = ADVANTAGES.get("grpo")(t([[1.0] * 4, [0.0] * 4, [0.1] * 4]))
+    assert torch.isfinite(adv).all()
+    close(adv, torch.zeros(3, 4), atol=1e-9, rtol=0)
+
+
+@hyp
+@given(r=hnp.arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(2, 6)), elements=finite(-10, 10)),
+       scale=finite(0.5, 100.0), shift=finite(-50, 50))
+def test_grpo_is_invariant_to_positive_scaling_and_shifts(r, scale, shift):
+    std = r.std(axis=1)
+    assume(((std == 0) | (std >= 0.1)).all())
+    r = torch.from_numpy(r)
+    adv = ADVANTAGES.get("grpo")(r)
+    # The eps moves A by at most sqrt(G-1) * 1e-6 / std <= 2.3e-5 for std >= 0.1: atol 1e-4.
+    close(ADVANTAGES.get("grpo")(scale * r), adv, atol=1e-4, rtol=0)
+    close(ADVANTAGES.get("grpo")(r + shift), adv, atol=1e-4, rtol=0)
+
+
+def test_rloo_worked_example_and_group_of_one_raises():
+    # r = [1,2,3,6], sum 12: A_i = r_i - (12 - r_i)/3
+    #   1 - 11/3 = -8/3 ;  2 - 10/3 = -4/3 ;  3 - 9/3 = 0 ;  6 - 6/3 = 4        (sum: -8/3 - 4/3 + 4 = 0)
+    close(ADVANTAGES.get("rloo")(t([[1.0, 2.0, 3.0, 6.0]])), [[-8 / 3, -4 / 3, 0.0, 4.0]])
+    with pytest.raises(ValueError, match="rloo needs at least 2 samples per prompt.*G=1"):
+        ADVANTAGES.get("rloo")(t([[1.0], [0.0]]))
+
+
+@hyp
+@given(r=hnp.arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(2, 6)), elements=finite(-10, 10)),
+       shift=finite(-50, 50))
+def test_rloo_sums_to_zero_ignores_shifts_and_matches_explicit_leave_one_out(r, shift):
+    G = r.shape[1]
+    ref = np.stack([r[:, i] - np.delete(r, i, axis=1).mean(1) for i in range(G)], axis=1)
+    adv = ADVANTAGES.get("rloo")(torch.from_numpy(r))
+    close(adv, ref, atol=1e-9, rtol=1e-9)
+    close(adv.sum(1), torch.zeros(r.shape[0]), atol=1e-9, rtol=0)
+    close(ADVANTAGES.get("rloo")(torch.from_numpy(r + shift)), adv, atol=1e-8, rtol=0)
+    # RLOO = G/(G-1) * Dr. GRPO
+    close(adv, G / (G - 1) * ADVANTAGES.get("dr_grpo")(torch.from_numpy(r)), atol=1e-9, rtol=1e-9)
+
+
+def test_dr_grpo_reinforce_raw_worked_examples():
+    # dr_grpo, r = [1,2,3,6], mean 3: [-2,-1,0,3]
+    close(ADVANTAGES.get("dr_grpo")(t([[1.0, 2.0, 3.0, 6.0]])), [[-2.0, -1.0, 0.0, 3.0]])
+    # reinforce, batch mean over all 4 rewards = 1/4: [[1-.25, 0-.25], [-.25, -.25]]
+    r = t([[1.0, 0.0], [0.0, 0.0]])
+    close(ADVANTAGES.get("reinforce")(r), [[0.75, -0.25], [-0.25, -0.25]])
+    # raw: the rewards themselves, as a copy (writing to it leaves the rewards alone)
+    a = ADVANTAGES.get("raw")(r)
+    close(a, r)
+    a[0, 0] = 9.0
+    assert r[0, 0] == 1.0
+
+
+def test_advantages_accept_int_rewards_and_refuse_non_2d():
+    close(ADVANTAGES.get("dr_grpo")(torch.tensor([[1, 0]])), [[0.5, -0.5]])
+    for name in ADVANTAGES:
+        with pytest.raises(ValueError, match=r"\[N prompts, G samples\]"):
+            ADVANTAGES.get(name)(t([1.0, 0.0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Policy losses
+# ---------------------------------------------------------------------------------------------
+
+P = PolicyLossParams()
+
+
+def loss_and_grad(name, log_r, adv, p=P, mask=None):
+    """Per-token loss and d loss_t / d logp_t at logp = log_r + old_logp, old_logp = -1 (arbitrary)."""
+    log_r, adv = t(log_r), t(adv)
+    mask = torch.ones_like(log_r) if mask is None else t(mask)
+    old = torch.full_like(log_r, -1.0)
+    logp = (old + log_r).requires_grad_()
+    loss = POLICY_LOSSES.get(name)(logp, old, adv, mask, p)
+    (g,) = torch.autograd.grad((loss * mask).sum(), logp)
+    return loss.detach(), g
+
+
+def test_vanilla_is_minus_adv_logp():
+    # logp = [-1, -2], A = [2, -1]: loss = [-2*-1, -(-1)*-2] = [2, -2], d/dlogp = -A = [-2, 1]
+    logp = t([-1.0, -2.0]).requires_grad_()
+    loss = POLICY_LOSSES.get("vanilla")(logp, t([5.0, 5.0]), t([2.0, -1.0]), torch.ones(2, dtype=F64), P)
+    (g,) = torch.autograd.grad(loss.sum(), logp)
+    close(loss, [2.0, -2.0])
+    close(g, [-2.0, 1.0])
+
+
+def test_ppo_clip_four_quadrants():
+    # eps = 0.2, clip range [0.8, 1.2]; loss = -min(rA, clip(r)A); grad = -A r if the unclipped term is chosen
+    #   A=+1 r=1.5: -min(1.5, 1.2)  = -1.2 clipped  -> grad 0
+    #   A=+1 r=0.5: -min(0.5, 0.8)  = -0.5          -> grad -A r = -0.5
+    #   A=-1 r=1.5: -min(-1.5,-1.2) =  1.5          -> grad -A r = 1.5
+    #   A=-1 r=0.5: -min(-0.5,-0.8) =  0.8 clipped  -> grad 0
+    lr = [math.log(1.5), math.log(0.5), math.log(1.5), math.log(0.5)]
+    loss, g = loss_and_grad("ppo_clip", lr, [1.0, 1.0, -1.0, -1.0])
+    close(loss, [-1.2, -0.5, 1.5, 0.8])
+    close(g, [0.0, -0.5, 1.5, 0.0])
+
+
+def test_ppo_clip_higher_lets_a_positive_advantage_push_further():
+    # DAPO eps_high = 0.28, A = 1, r = 1.25: symmetric 0.2 clips to -1.2; clip-higher keeps -1.25 (grad -1.25)
+    lr = [math.log(1.25)]
+    close(loss_and_grad("ppo_clip", lr, [1.0])[0], [-1.2])
+    loss, g = loss_and_grad("ppo_clip", lr, [1.0], PolicyLossParams(eps_low=0.2, eps_high=0.28))
+    close(loss, [-1.25])
+    close(g, [-1.25])
+
+
+def test_dual_clip_caps_negative_advantage_loss_at_c_abs_a():
+    # c = 3, eps = 0.2:
+    #   A=-1   r=5:  ppo = -min(-5, -1.2) = 5    -> min(5, 3*1)   = 3    grad 0
+    #   A=-1   r=2:  ppo = -min(-2, -1.2) = 2    -> min(2, 3)     = 2    grad -A r = 2
+    #   A=-0.5 r=10: ppo = 5                     -> min(5, 1.5)   = 1.5  grad 0
+    #   A=+2   r=5:  ppo = -min(10, 2.4) = -2.4  -> A >= 0 unchanged     grad 0 (clipped)
+    lr = [math.log(5.0), math.log(2.0), math.log(10.0), math.log(5.0)]
+    loss, g = loss_and_grad("dual_clip", lr, [-1.0, -1.0, -0.5, 2.0])
+    close(loss, [3.0, 2.0, 1.5, -2.4])
+    close(g, [0.0, 2.0, 0.0, 0.0])
+    ppo = loss_and_grad("ppo_clip", lr, [-1.0, -1.0, -0.5, 2.0])[0]
+    close(ppo, [5.0, 2.0, 5.0, -2.4])
+
+
+@hyp
+@given(log_r=hnp.arrays(np.float64, 6, elements=finite(-3, 3)), adv=hnp.arrays(np.float64, 6, elements=finite(-5, 5)),
+       eps_low=finite(0, 0.9), eps_high=finite(0, 2), c=finite(1.01, 10))
+def test_ppo_and_dual_clip_match_the_objective_form_in_numpy(log_r, adv, eps_low, eps_high, c):
+    p = PolicyLossParams(eps_low, eps_high, c)
+    r = np.exp(log_r)
+    objective = np.minimum(r * adv, np.clip(r, 1 - eps_low, 1 + eps_high) * adv)  # Schulman eq. 7
+    dual = np.where(adv < 0, np.maximum(objective, c * adv), objective)  # Ye et al. eq. 5
+    close(loss_and_grad("ppo_clip", log_r, adv, p)[0], -objective)
+    close(loss_and_grad("dual_clip", log_r, adv, p)[0], -dual)
+
+
+def test_seq_ratio_worked_example_clips_the_whole_sequence():
+    # row: logp - old = [0.1, 0.3, 7 (masked)]: s = exp((0.1 + 0.3)/2) = exp(0.2) = 1.221403, A = 1
+    #   eps_high = 0.2: clip(s) = 1.2 < s -> loss_t = -1.2 on every token, grad 0
+    #   eps_high = 0.3: unclipped      -> loss_t = -1.221403, grad_t = -s A = -1.221403 (masked token: 0 via mask)
+    s = math.exp(0.2)
+    loss, g = loss_and_grad("seq_ratio", [[0.1, 0.3, 7.0]], [[1.0, 1.0, 1.0]], mask=[[1.0, 1.0, 0.0]])
+    close(loss[0, :2], [-1.2, -1.2])
+    close(g, [[0.0, 0.0, 0.0]])
+    loss, g = loss_and_grad("seq_ratio", [[0.1, 0.3, 7.0]], [[1.0, 1.0, 1.0]], PolicyLossParams(eps_high=0.3),
+                            mask=[[1.0, 1.0, 0.0]])
+    close(loss[0, :2], [-s, -s])
+    close(g, [[-s, -s, 0.0]])
+
+
+@hyp
+@given(data=batches(lo=-0.05, hi=0.05), adv_row=hnp.arrays(np.float64, 4, elements=finite(-3, 3)))
+def test_seq_ratio_gradient_equals_gspo_eq10_under_seq_mean_token_mean(data, adv_row):
+    # GSPO (eq. 5, 7) written directly: J = 1/B sum_b s_b(theta) A_b, s_b = exp(mean_t (logp - old)), gradient
+    # flowing through the mean. Unclipped regime (|log s_b| <= 0.05 < log 1.2), A constant per sequence.
+    log_r, mask = data
+    B, T = log_r.shape
+    adv = torch.from_numpy(adv_row[:B]).unsqueeze(-1).expand(B, T)
+    old = torch.full_like(log_r, -2.0)
+    logp = (old + log_r).requires_grad_()
+    agg = AGGREGATIONS.get("seq-mean-token-mean")
+    (g_ours,) = torch.autograd.grad(agg(POLICY_LOSSES.get("seq_ratio")(logp, old, adv, mask, P), mask, 0.0), logp)
+    n = mask.sum(-1)
+    s_b = torch.exp(((logp - old) * mask).sum(-1) / n.clamp(min=1))
+    (g_ref,) = torch.autograd.grad(-(s_b * adv[:, 0] * (n > 0)).mean(), logp)
+    close(g_ours, g_ref, atol=1e-12, rtol=1e-9)
+
+
+@hyp
+@given(data=batches(lo=-20, hi=0), adv=hnp.arrays(np.float64, (4, 6), elements=finite(-5, 5)),
+       eps_low=finite(0, 0.9), eps_high=finite(0, 2), c=finite(1.01, 10))
+def test_ratio_losses_have_the_vanilla_gradient_on_policy(data, adv, eps_low, eps_high, c):
+    # logp == old_logp exactly: r = s = 1 sits inside every clip range, so d loss_t / d logp_t = -A_t.
+    logp0, mask = data
+    adv = torch.from_numpy(adv[: logp0.shape[0], : logp0.shape[1]])
+    p = PolicyLossParams(eps_low, eps_high, c)
+
+    def grad(name):
+        logp = logp0.clone().requires_grad_()
+        return torch.autograd.grad(POLICY_LOSSES.get(name)(logp, logp0.clone(), adv, mask, p).sum(), logp)[0]
+
+    vanilla = grad("vanilla")
+    close(vanilla, -adv)
+    for name in ("ppo_clip", "dual_clip", "seq_ratio"):
+        close(grad(name), vanilla, atol=1e-12, rtol=0)
+
+
+def test_policy_loss_params_refuse_out_of_domain_values():
+    for bad in (dict(eps_low=1.0), dict(eps_low=-0.1), dict(eps_high=-0.1), dict(dual_clip_c=1.0)):
+        with pytest.raises(ValueError):
+            PolicyLossParams(**bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation
+# ---------------------------------------------------------------------------------------------
+
+L = t([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+M = t([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+
+
+def test_aggregations_worked_example():
+    # l = [[1,2,3],[4,5,6]], m = [[1,1,0],[1,0,0]], B = 2, norm_const = 4
+    # token-mean:              (1+2+4)/3               = 7/3
+    # seq-mean-token-mean:     ((1+2)/2 + 4/1)/2       = (1.5+4)/2 = 2.75
+    # seq-mean-token-sum:      ((1+2) + 4)/2           = 3.5
+    # seq-mean-token-sum-norm: (1+2+4)/(2*4)           = 0.875
+    expect = {"token-mean": 7 / 3, "seq-mean-token-mean": 2.75, "seq-mean-token-sum": 3.5, "seq-mean-token-sum-norm": 0.875}
+    for name, value in expect.items():
+        close(AGGREGATIONS.get(name)(L, M, 4.0), value)
+
+
+def test_token_weights_worked_example():
+    # token-mean: m/3; seq-mean-token-mean: row 0 -> 1/(2*2) = 1/4, row 1 -> 1/(2*1) = 1/2;
+    # seq-mean-token-sum: m/2; seq-mean-token-sum-norm: m/(2*4) = m/8
+    close(token_weights("token-mean", M, 4.0), M / 3)
+    close(token_weights("seq-mean-token-mean", M, 4.0), [[0.25, 0.25, 0.0], [0.5, 0.0, 0.0]])
+    close(token_weights("seq-mean-token-sum", M, 4.0), M / 2)
+    close(token_weights("seq-mean-token-sum-norm", M, 4.0), M / 8)
+
+
+def test_aggregations_ignore_garbage_at_masked_positions_and_empty_masks_give_zero():
+    dirty = L.clone()
+    dirty[0, 2], dirty[1, 1], dirty[1, 2] = math.nan, INF, -INF
+    empty_row = t([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    for name in AGGREGATIONS:
+        close(AGGREGATIONS.get(name)(dirty, M, 4.0), AGGREGATIONS.get(name)(L, M, 4.0))
+        for mask in (torch.zeros_like(M), empty_row):
+            assert torch.isfinite(AGGREGATIONS.get(name)(dirty, mask, 4.0))
+            assert torch.isfinite(token_weights(name, mask, 4.0)).all()
+        close(AGGREGATIONS.get(name)(L, torch.zeros_like(M), 4.0), 0.0)
+        close(token_weights(name, torch.zeros_like(M), 4.0), torch.zeros_like(M))
+    # the empty row still counts in B = 2: seq-mean-token-mean = ((1+2)/2 + 0)/2 = 0.75
+    close(AGGREGATIONS.get("seq-mean-token-mean")(L, empty_row, 0.0), 0.75)
+
+
+@hyp
+@given(data=batches(), norm_const=finite(0.5, 64), name=st.sampled_from(AGGREGATIONS.names()))
+def test_token_weights_equal_autograd_of_the_aggregation(data, norm_const, name):
+    per_token, mask = data
+    per_token.requires_grad_()
+    value = AGGREGATIONS.get(name)(per_token, mask, norm_const)
+    (g,) = torch.autograd.grad(value, per_token)
+    w = token_weights(name, mask, norm_const)
+    close(w, g, atol=1e-12, rtol=1e-12)
+    close(value, (w * per_token).sum(), atol=1e-9, rtol=1e-12)  # linear in the per-token loss
+
+
+def test_sum_norm_refuses_a_non_positive_constant():
+    with pytest.raises(ValueError, match="norm_const > 0"):
+        AGGREGATIONS.get("seq-mean-token-sum-norm")(L, M, 0.0)
+    with pytest.raises(ValueError, match="norm_const > 0"):
+        token_weights("seq-mean-token-sum-norm", M, -1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# KL estimators
+# ---------------------------------------------------------------------------------------------
+
+
+def kl(name, logp, ref, full=None, full_ref=None):
+    return KL_ESTIMATORS.get(name)(logp, ref, full, full_ref)
+
+
+def test_k1_k2_k3_worked_example():
+    # pi(a) = 0.5, pi_ref(a) = 0.25: log ratio = log 2 = 0.693147
+    #   k1 = 0.693147;  k2 = 0.5 * 0.693147^2 = 0.240227;  k3 = rho - 1 - log rho, rho = 0.25/0.5 = 0.5:
+    #   0.5 - 1 + 0.693147 = 0.193147
+    lp, rl = t([math.log(0.5)]), t([math.log(0.25)])
+    l2 = math.log(2)
+    close(kl("k1", lp, rl), [l2])
+    close(kl("k2", lp, rl), [0.5 * l2**2])
+    close(kl("k3", lp, rl), [-0.5 + l2])
+
+
+def test_k3_is_not_clamped_and_is_accurate_for_tiny_differences():
+    # d = ref - logp = 20: k3 = e^20 - 21 = 485165174.4 (verl would clamp to 10)
+    close(kl("k3", t([0.0]), t([20.0])), [math.exp(20) - 21])
+    # d = 1e-8: k3 = d^2/2 + d^3/6 + ... = 5e-17 (the naive exp(d) - d - 1 gives 0 or noise here)
+    close(kl("k3", t([0.0]), t([1e-8])), [5e-17 + 1e-24 / 6], atol=0, rtol=1e-6)
+
+
+def random_dists(v=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.log_softmax(torch.randn(v, generator=g, dtype=F64), -1), torch.log_softmax(torch.randn(v, generator=g, dtype=F64), -1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_exact_kl_matches_scipy_and_enumeration_of_k1_k3(seed):
+    lp, rl = random_dists(seed=seed)
+    p, q = lp.exp().numpy(), rl.exp().numpy()
+    truth = scipy.stats.entropy(p, q)  # sum p log(p/q), independent reference
+    value = kl("exact", lp[:1], rl[:1], lp.view(1, -1), rl.view(1, -1))
+    close(value, [truth], atol=1e-12, rtol=1e-12)
+    close(value, [torch.distributions.kl_divergence(torch.distributions.Categorical(logits=lp),
+                                                     torch.distributions.Categorical(logits=rl))])
+    # E_{a~pi}[k] by enumeration over the vocabulary: k1 and k3 are unbiased, k2 is not (and >= 0)
+    for name in ("k1", "k3"):
+        close((lp.exp() * kl(name, lp, rl)).sum(), truth, atol=1e-12, rtol=1e-10)
+
+
+def test_exact_kl_one_hot_policy_has_no_nan_in_value_or_gradient():
+    # pi = one-hot on v0 (log pi = [0, -inf, -inf]), pi_ref = [0.5, 0.25, 0.25]:
+    #   KL = 1*(0 - log 0.5) + 0*(...) + 0*(...) = log 2, with 0 log 0 = 0
+    full = t([[[0.0, -INF, -INF]]]).requires_grad_()
+    full_ref = t([[[math.log(0.5), math.log(0.25), math.log(0.25)]]])
+    value = kl("exact", full[..., 0], full_ref[..., 0], full, full_ref)
+    close(value, [[math.log(2)]])
+    (g,) = torch.autograd.grad(value.sum(), full)
+    assert torch.isfinite(g).all()
+    # both one-hot on the same token: KL = 0; pi puts mass where pi_ref has none: KL = +inf (the true value)
+    close(kl("exact", None, None, full.detach(), full.detach()), [[0.0]])
+    assert kl("exact", None, None, t([[[math.log(0.5)] * 2]]), t([[[0.0, -INF]]])).item() == INF
+
+
+def test_exact_kl_names_what_is_missing():
+    with pytest.raises(ValueError, match="missing: full_ref_logp"):
+        kl("exact", t([0.0]), t([0.0]), t([[0.0]]), None)
+    with pytest.raises(ValueError, match="missing: full_logp, full_ref_logp"):
+        kl("exact", t([0.0]), t([0.0]))
+
+
+@hyp
+@given(logp=hnp.arrays(np.float64, 8, elements=finite(-60, 0)), ref=hnp.arrays(np.float64, 8, elements=finite(-60, 0)))
+def test_k2_k3_are_non_negative_and_zero_only_on_agreement(logp, ref):
+    logp, ref = torch.from_numpy(logp), torch.from_numpy(ref)
+    for name in ("k2", "k3"):
+        value = kl(name, logp, ref)
+        assert (value >= 0).all()
+        assert ((value == 0) <= ((logp - ref).abs() < 1e-7)).all()  # only (near-)equal logs give exactly 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Off-policy corrections
+# ---------------------------------------------------------------------------------------------
+
+
+def weights(name, ratios, mask=None, p=CorrectionParams()):
+    lr = torch.log(t(ratios))
+    mask = torch.ones_like(lr) if mask is None else t(mask)
+    return CORRECTIONS.get(name)(lr, mask, p), touched(name, lr, mask, p)
+
+
+def test_none_is_ones_and_touches_nothing():
+    w, hit = weights("none", [[0.25, 1.0, 9.0]])
+    close(w, [[1.0, 1.0, 1.0]])
+    assert not hit.any()
+
+
+def test_tis_truncates_at_the_cap():
+    # ratios [0.25, 1.5, 4.0], C = 2: min(r, 2) = [0.25, 1.5, 2.0]; only the 4.0 is touched
+    # (the same oracle as SkyRL's skyrl_train correction preset test)
+    w, hit = weights("tis", [[0.25, 1.5, 4.0]])
+    close(w, [[0.25, 1.5, 2.0]])
+    assert hit.tolist() == [[False, False, True]]
+
+
+def test_icepop_keeps_the_ratio_inside_alpha_beta_and_drops_the_rest():
+    # Ring-1T's alpha = 0.5, beta = 5 (bounds inclusive): M(k) = k on [0.5, 5], else 0
+    #   [0.25, 0.5, 1.5, 5.0, 8.0] -> [0, 0.5, 1.5, 5.0, 0]; touched: the 0.25 and the 8.0
+    p = CorrectionParams(icepop_low=0.5, icepop_high=5.0)
+    w, hit = weights("icepop", [[0.25, 0.5, 1.5, 5.0, 8.0]], p=p)
+    close(w, [[0.0, 0.5, 1.5, 5.0, 0.0]])
+    assert hit.tolist() == [[True, False, False, False, True]]
+
+
+def test_masked_seq_is_rejects_whole_sequences_on_the_geometric_mean():
+    # row 0: ratios [2, 0.5, (masked 100)]: rho = exp((log 2 + log 0.5)/2) = 1 in [0.5, 2] -> keep [2, 0.5]
+    # row 1: ratios [4, 2, (masked 1e-3)]:  rho = sqrt(4*2) = 2.828 > 2                     -> all 0
+    # row 2: no tokens: rho = 1 -> kept (its weights never enter the loss)
+    w, hit = weights("masked_seq_is", [[2.0, 0.5, 100.0], [4.0, 2.0, 1e-3], [3.0, 3.0, 3.0]],
+                     mask=[[1, 1, 0], [1, 1, 0], [0, 0, 0]])
+    close(w, [[2.0, 0.5, 100.0], [0.0, 0.0, 0.0], [3.0, 3.0, 3.0]])
+    assert hit.tolist() == [[False, False, False], [True, True, False], [False, False, False]]
+
+
+def test_corrections_carry_no_gradient_and_params_refuse_bad_ranges():
+    lr = t([[0.1, -0.2]]).requires_grad_()
+    for name in CORRECTIONS:
+        assert not CORRECTIONS.get(name)(lr, torch.ones_like(lr), CorrectionParams()).requires_grad
+    for bad in (dict(tis_cap=0.0), dict(icepop_low=3.0), dict(seq_low=-1.0)):
+        with pytest.raises(ValueError):
+            CorrectionParams(**bad)
+
+
+@hyp
+@given(data=batches(lo=-4, hi=4), cap=finite(0.1, 5), low=finite(0, 1), high=finite(1, 5))
+def test_correction_invariants(data, cap, low, high):
+    lr, mask = data
+    p = CorrectionParams(tis_cap=cap, icepop_low=low, icepop_high=high, seq_low=low, seq_high=high)
+    ratio = lr.exp()
+    w = CORRECTIONS.get("tis")(lr, mask, p)
+    assert (w <= cap).all() and (w <= ratio).all()
+    assert torch.equal(touched("tis", lr, mask, p), (ratio > cap) & (mask > 0))
+    for name in ("icepop", "masked_seq_is"):
+        w = CORRECTIONS.get(name)(lr, mask, p)
+        assert ((w == 0) | (w == ratio)).all()  # masking never rescales a kept token
+        assert torch.equal(touched(name, lr, mask, p), (w == 0) & (mask > 0))
+    w = CORRECTIONS.get("icepop")(lr, mask, p)
+    assert ((w == 0) | ((w >= low * (1 - 1e-12)) & (w <= high * (1 + 1e-12)))).all()
+    # masked_seq_is: one decision per row
+    kept = CORRECTIONS.get("masked_seq_is")(lr, mask, p) > 0
+    assert (kept.all(-1) | (~kept).all(-1)).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-probabilities and entropy
+# ---------------------------------------------------------------------------------------------
+
+
+def test_gather_logprobs_worked_example_and_reference():
+    # logits [0, log 3]: softmax = [1/4, 3/4]; id 1 -> log 0.75 = -0.287682, id 0 -> log 0.25
+    logits = t([[[0.0, math.log(3)], [0.0, math.log(3)]]])
+    close(gather_logprobs(logits, torch.tensor([[1, 0]])), [[math.log(0.75), math.log(0.25)]])
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 7, generator=g, dtype=F64)
+    ids = torch.randint(0, 7, (2, 3), generator=g)
+    close(gather_logprobs(logits, ids), torch.distributions.Categorical(logits=logits).log_prob(ids))
+
+
+def test_gather_logprobs_keeps_the_logits_dtype():
+    logits = torch.randn(1, 2, 5).to(torch.bfloat16)
+    out = gather_logprobs(logits, torch.tensor([[0, 4]]))
+    assert out.dtype == torch.bfloat16
+    expect = torch.log_softmax(logits, -1)[0, [0, 1], [0, 4]]  # bf16 all the way, no float32 detour
+    assert torch.equal(out[0], expect)
+
+
+def test_entropy_uniform_one_hot_and_scipy_reference():
+    # uniform over 4: H = log 4 = 1.386294;  [0, -inf, -inf]: one-hot, H = 0 with 0 log 0 = 0
+    close(entropy_from_logits(t([0.0, 0.0, 0.0, 0.0])), math.log(4))
+    one_hot = t([[0.0, -INF, -INF]]).requires_grad_()
+    h = entropy_from_logits(one_hot)
+    close(h, [0.0])
+    (g,) = torch.autograd.grad(h.sum(), one_hot)
+    assert torch.isfinite(g).all()
+    logits = torch.randn(3, 6, generator=torch.Generator().manual_seed(2), dtype=F64)
+    ref = scipy.stats.entropy(torch.softmax(logits, -1).numpy(), axis=-1)
+    close(entropy_from_logits(logits), ref)
+
+
+def test_entropy_gradient_matches_the_closed_form():
+    # dH/dz_v = -p_v (log p_v + H)
+    z = torch.randn(5, generator=torch.Generator().manual_seed(3), dtype=F64).requires_grad_()
+    h = entropy_from_logits(z)
+    (g,) = torch.autograd.grad(h, z)
+    p = torch.softmax(z.detach(), -1)
+    close(g, -p * (torch.log(p) + h.detach()))
