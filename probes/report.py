@@ -68,26 +68,27 @@ def _jsonable(x: Any) -> Any:
 def print_table(result: dict[str, Any], console=None) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = console or Console(highlight=False, emoji=False)
     h = result["hypothesis"]
-    t = Table(title=f"{h['name']}: {h['claim'].splitlines()[0][:100]}", show_lines=True)
+    t = Table(title=Text(f"{h['name']}: {h['claim'].splitlines()[0][:100]}"), show_lines=True)
     for col in ("prediction", "predicted", "observed [90% interval]", "verdict"):
         t.add_column(col, overflow="fold")
     for e in result["predictions"]:
         v = e["verdict"]
-        t.add_row(f"{e['label']}\n{e['kind']}: {e['metric']} ({' vs '.join(e['arms'])})",
-                  e["predicted"], e["observed"], f"[{COLORS[v]}]{v}[/]")
+        t.add_row(Text(f"{e['label']}\n{e['kind']}: {e['metric']} ({' vs '.join(e['arms'])})"),
+                  Text(e["predicted"]), Text(e["observed"]), Text(v, style=COLORS[v]))
     console.print(t)
     s = result["summary"]
-    console.print(f"{s['confirmed']} confirmed, {s['refuted']} refuted, {s['inconclusive']} inconclusive"
-                  f" ({result['mode']} mode: {result['steps']} steps, seeds {result['seeds']})")
+    console.print(Text(f"{s['confirmed']} confirmed, {s['refuted']} refuted, {s['inconclusive']} inconclusive"
+                       f" ({result['mode']} mode: {result['steps']} steps, seeds {result['seeds']})"))
     for e in result["predictions"]:
         for n in e.get("notes", []):
-            console.print(f"  note [{e['label']}]: {n}", markup=False)
+            console.print(Text(f"  note [{e['label']}]: {n}"))
     for r in result["runs"]:
         if r["status"] not in ("finished", "collapsed"):
-            console.print(f"[red]run failed:[/] {r['dir']}: {r['reason']}", markup=True, highlight=False)
+            console.print(Text(f"run failed: {r['dir']}: {r['reason']}", style="red"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,15 +183,17 @@ def write_plots(result: dict[str, Any], d: Path) -> dict[int, str]:
     return files
 
 
+def _role(arm: str, role: str) -> str:
+    return arm if arm == role else f"{arm} ({role})"
+
+
 def _draw(ax, e: dict, pd: dict) -> None:
     t = pd["type"]
     if t == "ab":
         b, tr = np.asarray(pd["baseline"], float), np.asarray(pd["treatment"], float)
         x = np.arange(b.shape[1])
-        _band(ax, x, b, f"{pd['arms'][0]} (baseline)", "tab:blue")
-        _band(ax, x, tr, f"{pd['arms'][1]} (treatment)", "tab:orange")
-        pred = e.get("predictor_value")
-        v = pred if pred is not None else None
+        _band(ax, x, b, _role(pd["arms"][0], "baseline"), "tab:blue")
+        _band(ax, x, tr, _role(pd["arms"][1], "treatment"), "tab:orange")
         crit = e.get("criteria", [])
         if crit and crit[0]["name"] in ("ratio", "difference") and crit[0]["allowed"][0] is not None \
                 and crit[0]["allowed"][1] is not None:

@@ -7,7 +7,7 @@ import torch
 
 from conftest import read_rows, strip_time, tiny_overrides
 from solidrl.trainer.config import ConfigError, TrainConfig, apply_overrides
-from solidrl.trainer.loop import Trainer, TrainingError, train
+from solidrl.trainer.loop import Trainer, train
 from solidrl.trainer.model import ModelLoadError
 
 
@@ -61,12 +61,14 @@ def test_nan_stops_the_run_naming_step_and_quantity_and_keeps_metrics(tmp_path):
 
     t = Trainer(cfg_of(), tmp_path, progress=False)
     t.add_hook("step_end", poison)
-    with pytest.raises(TrainingError) as e:
-        t.run()
-    msg = str(e.value)
+    status = t.run()  # a NaN is a collapse: recorded and stopped cleanly, not raised
+    msg = status["reason"]
     assert "step 2" in msg and "non-finite" in msg and "\n" not in msg
-    assert [r["step"] for r in read_rows(tmp_path)] == [0, 1]
-    assert json.loads((tmp_path / "status.json").read_text())["status"] == "failed"
+    rows = read_rows(tmp_path)
+    assert [r["step"] for r in rows] == [0, 1, 2] and "reward/mean" in rows[1]
+    assert rows[2] == {"step": 2, "collapse/kind": "nan", "collapse/reason": msg}
+    assert json.loads((tmp_path / "status.json").read_text()) == {
+        "status": "collapsed", "step": 2, "kind": "nan", "reason": msg}
 
 
 def test_a_directory_that_is_not_a_model_gives_one_line(tmp_path):

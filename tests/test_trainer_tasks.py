@@ -9,7 +9,7 @@ from solidrl.trainer.tasks import TASKS, get_task, last_number
 def test_grader_accepts_every_reference_solution(name):
     task = get_task(name)
     probs = task.check_set()
-    assert len(probs) >= 2000
+    assert len(probs) >= 2000 or name == "chat_addition"  # chat_addition's 81 problems are exhaustive
     assert all(task.grade(p, p.solution) == 1.0 for p in probs)
 
 

@@ -19,6 +19,7 @@ Lemma 1 / Theorems 1-2; Kingma & Ba 2015, "Adam", Algorithm 1.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import cache
 from typing import Callable
 
 import sympy as sp
@@ -29,7 +30,7 @@ from solidrl.theory.derivation import STAT, Cov, Derivation, O, Softmax, Var
 
 __all__ = [
     "derive_softmax_expansion", "derive_tabular_sgd", "derive_tabular_npg", "derive_tabular_adam",
-    "derive_cov_entropy", "directional_moments",
+    "derive_cov_entropy", "directional_moments", "token_stats",
 ]
 
 eps = sp.Symbol("epsilon", positive=True)
@@ -43,6 +44,7 @@ def _entropy_and_kl_of_step(sm: Softmax, d: list[sp.Expr]) -> tuple[sp.Expr, sp.
     return -sm.cov(sm.logp, d), sm.var(d) / 2
 
 
+@cache
 def derive_softmax_expansion(V: int = 3) -> Derivation:
     """H and KL along the logit path z -> z + eps d, to second order in eps.
 
@@ -118,6 +120,7 @@ def _tabular(name: str, V: int, d_of: Callable, forms: dict, steps: tuple, sourc
     )
 
 
+@cache
 def derive_tabular_sgd(V: int = 4) -> Derivation:
     """One SGD step on a tabular softmax: dz_t = eta c_t (e_{a_t} - pi_t), c_t = -d loss / d logp_t.
 
@@ -148,6 +151,7 @@ def derive_tabular_sgd(V: int = 4) -> Derivation:
     )
 
 
+@cache
 def derive_tabular_npg(V: int = 4) -> Derivation:
     """Natural policy gradient on a tabular softmax: dz_t = eta F^+ c (e_a - pi) = eta c e_a / pi_a (mod 1).
 
@@ -170,6 +174,7 @@ def derive_tabular_npg(V: int = 4) -> Derivation:
     return replace(out, residuals={**out.residuals, "F e_a / pi_a = e_a - pi": fisher})
 
 
+@cache
 def derive_tabular_adam(V: int = 4) -> Derivation:
     """Adam's first step on a tabular softmax: dz = -eta m/(sqrt(v) + eps_adam) = eta sign(c) (2 e_a - 1).
 
@@ -192,6 +197,7 @@ def derive_tabular_adam(V: int = 4) -> Derivation:
     return replace(out, residuals={**out.residuals, "step 1 -> -eta sign(g)": sign_limit})
 
 
+@cache
 def derive_cov_entropy(V: int = 3, N: int = 4) -> Derivation:
     """Expected entropy change over the sampled token, and its batch estimate (Cui et al. 2025).
 
@@ -249,4 +255,22 @@ def directional_moments(logits: Tensor, d: Tensor) -> dict[str, Tensor]:
         "var": (p * dc**2).sum(-1),
         "cov2": (p * lc * dc**2).sum(-1),
         "kappa3": (p * dc**3).sum(-1),
+    }
+
+
+def token_stats(logits: Tensor, actions: Tensor) -> dict[str, Tensor]:
+    """The token-level softmax statistics of docs/contracts.md, from logits [N, V] and sampled ids [N].
+
+    Returns float64 [N] tensors: logp = log pi(a), entropy = H(pi), sum_p2, sum_p2_logp, sum_p3
+    (sum_p3 feeds tabular_sgd's kl/step). Terms with pi_v = 0 count 0 (0 log 0 = 0).
+    """
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    p = logp.exp()
+    plogp = torch.where(p > 0, p * logp, torch.zeros((), dtype=p.dtype))
+    return {
+        "logp": logp.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1),
+        "entropy": -plogp.sum(-1),
+        "sum_p2": (p**2).sum(-1),
+        "sum_p2_logp": (p * plogp).sum(-1),
+        "sum_p3": (p**3).sum(-1),
     }

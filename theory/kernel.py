@@ -17,6 +17,7 @@ per-step decomposition dlog pi = -eta A K G); Jacot et al. 2018 (neural tangent 
 """
 from __future__ import annotations
 
+from functools import cache
 from types import SimpleNamespace
 from typing import Mapping
 
@@ -64,6 +65,7 @@ def _kernel_step(V: int = 3, k: int = 2, onehot: bool = False) -> SimpleNamespac
     )
 
 
+@cache
 def derive_jvp(V: int = 3) -> Derivation:
     """First-order entropy change and KL of a network update, from dz = J dtheta per token.
 
@@ -94,6 +96,7 @@ def derive_jvp(V: int = 3) -> Derivation:
     )
 
 
+@cache
 def derive_kernel_crosstalk(V: int = 3) -> Derivation:
     """The gap between the JVP and the tabular-SGD entropy predictions: the kernel's cross-talk.
 

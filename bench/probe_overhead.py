@@ -1,0 +1,123 @@
+"""Probe overhead: step time with probes on / off, per probe group, for nano and micro.
+
+One process, one Trainer per arm, all arms on the same seed (probes do not change training, so every
+arm takes the same steps on the same batches); the arms' steps are interleaved (step k of every arm,
+in a rotating order, before step k + 1 of any), so machine load drifts hit all arms alike. The figure
+per arm is the median over steps of t_arm(k) / t_bare(k), with the middle 50% of those ratios.
+
+Arms: bare (probes.enabled=false), default (cfg.probes defaults: every group, every step, stats file,
+predictors), all_but_pred, entropy+grad, each probe group alone, and stats (only the stats file).
+Targets (the issue): default <= 1.35x a bare step; entropy and grad probes alone <= 1.05x.
+
+    .venv/bin/python bench/probe_overhead.py [--sizes nano micro] [--steps 30] [--warmup 3]
+        [--arms ...] [--out bench/results/probe_overhead.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from solidrl.probes.recorder import GROUPS, attach
+from solidrl.trainer.config import TrainConfig, apply_overrides
+from solidrl.trainer.loop import Trainer
+
+TARGETS = {"default": 1.35, "entropy+grad": 1.05, "entropy": 1.05, "grad": 1.05}
+
+
+def arm_overrides(arm: str) -> dict[str, str]:
+    """probes.* settings of an arm (the rest of the config is the default run)."""
+    if arm == "bare":
+        return {"probes.enabled": "false"}
+    if arm == "default":
+        return {}
+    if arm == "all_but_pred":
+        return {"probes.groups": ",".join(g for g in GROUPS if g != "pred"), "probes.save_stats": "false"}
+    if arm == "stats":
+        return {"probes.groups": "", "probes.save_stats": "true"}
+    groups = arm.split("+")
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        raise SystemExit(f"unknown arm {arm!r}; known: bare, default, all_but_pred, stats, {', '.join(GROUPS)} "
+                         "or groups joined by '+'")
+    return {"probes.groups": ",".join(groups), "probes.save_stats": "false"}
+
+
+def bench_size(size: str, arms: list[str], steps: int, warmup: int, threads: int) -> dict:
+    trainers, dirs = {}, []
+    for arm in arms:
+        cfg = apply_overrides(TrainConfig(), {"model.size": size, "run.steps": str(steps + warmup),
+                                              "run.threads": str(threads), **arm_overrides(arm)})
+        d = tempfile.TemporaryDirectory()
+        dirs.append(d)
+        t = Trainer(cfg, d.name, progress=False)
+        attach(t)
+        trainers[arm] = t
+    times: dict[str, list[float]] = {a: [] for a in arms}
+    probe_s: dict[str, list[float]] = {a: [] for a in arms}
+    for step in range(steps + warmup):
+        k = step % len(arms)
+        for arm in arms[k:] + arms[:k]:  # rotate who goes first
+            t0 = time.perf_counter()
+            row = trainers[arm].train_step(step)
+            dt = time.perf_counter() - t0
+            if step >= warmup:
+                times[arm].append(dt)
+                probe_s[arm].append(row.get("time/probes_s", 0.0))
+    for d in dirs:
+        d.cleanup()
+    bare = times["bare"]
+    out = {"size": size, "steps_timed": steps, "threads": torch.get_num_threads(),
+           "bare_step_s_median": statistics.median(bare), "arms": {}}
+    for arm in arms:
+        ratios = sorted(a / b for a, b in zip(times[arm], bare))
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        out["arms"][arm] = {"ratio_median": statistics.median(ratios), "ratio_q25": q[0], "ratio_q75": q[2],
+                            "step_s_median": statistics.median(times[arm]),
+                            "probes_s_median": statistics.median(probe_s[arm]),
+                            "target": TARGETS.get(arm)}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", nargs="+", default=["nano", "micro"])
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--arms", nargs="+", default=None,
+                    help="default: bare default all_but_pred entropy+grad and every group alone (nano); "
+                         "bare default all_but_pred entropy+grad entropy grad step ref (other sizes)")
+    ap.add_argument("--out", default="bench/results/probe_overhead.json")
+    args = ap.parse_args(argv)
+    results = []
+    for size in args.sizes:
+        arms = args.arms or (["bare", "default", "all_but_pred", "entropy+grad", *GROUPS, "stats"] if size == "nano"
+                             else ["bare", "default", "all_but_pred", "entropy+grad", "entropy", "grad", "step", "ref"])
+        if "bare" not in arms:
+            arms = ["bare", *arms]
+        r = bench_size(size, arms, args.steps, args.warmup, args.threads)
+        results.append(r)
+        print(f"\n{size}: bare step {r['bare_step_s_median'] * 1e3:.1f} ms (median of {args.steps}), "
+              f"{r['threads']} threads")
+        print(f"  {'arm':<14} {'ratio':>6} {'q25-q75':>13} {'step ms':>8} {'probes ms':>9}  target")
+        for arm, a in r["arms"].items():
+            tgt = f"<= {a['target']:.2f} {'ok' if a['ratio_median'] <= a['target'] else 'MISSED'}" if a["target"] else ""
+            print(f"  {arm:<14} {a['ratio_median']:6.3f} {a['ratio_q25']:6.3f}-{a['ratio_q75']:<6.3f} "
+                  f"{a['step_s_median'] * 1e3:8.1f} {a['probes_s_median'] * 1e3:9.1f}  {tgt}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": "python bench/probe_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                               "torch": torch.__version__, "results": results}, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""The transfer table: do the predictors hold across model sizes, from nano to a real pretrained LM?
+
+    solidrl transfer [--models nano,micro,small,smollm2-135m] [--n 8] [--out runs/transfer] [--set k=v ...]
+
+For each model, N counterfactual one-step updates (probes/counterfactual.py) from the same weights
+on N real rollout batches, each at the default learning rate eta and at eta/2, with the probes'
+recorder attached (JVP on every step). Per predictor output with an observed counterpart it reports,
+over the N batches at eta:
+  median relative error   median_b |pred - obs| / |obs|
+  Pearson r               of pred and obs over the batches
+  sign agreement          share of batches with sign(pred) = sign(obs)
+  residual ratio          median_b |obs - pred|(eta) / |obs - pred|(eta/2): ~4 when the predictor is
+                          right to first order (the residual is O(eta^2)), ~2 when its first-order term
+                          is off; only for quantities that scale with eta (not for the gradient-norm ratio)
+  noise floor             the observed quantity when nothing should change: the same step at lr = 0
+                          (the training forward and the probe's forward of unchanged weights), so a
+                          prediction error below it is measurement noise, not a failed prediction
+Pairs: pred/<p>/entropy/delta and pred/<p>/kl/step against the probes' entropy/delta and kl/step;
+GRPO's gradient-norm ratio against ||g_grpo|| / ||g_rloo|| on the same batch and weights (one extra
+backward with algo.advantage = rloo); the clip fraction against the share of tokens a second pass
+over the batch (epochs = 2) would clip, whose ratio pi_new / pi_old exists after the step (the
+on-policy first pass has ratio exactly 1): the predictor sees only the log-ratios' mean and spread.
+
+Writes to --out: table.md, report.json, plots/<predictor>__<metric>.png (predicted vs observed, every
+model, y = x), <model>/rows.jsonl (every step's row). BENCHMARKS.md quotes the table.
+Left out: more than one step (trajectories are probe-check's), learning-rate sweeps beyond eta/2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from solidrl.trainer.config import TrainConfig, apply_overrides, parse_set_args
+
+from .cli import command, user_errors
+
+MODELS: dict[str, dict[str, Any]] = {
+    "nano": {"model.size": "nano", "task.name": "addition"},
+    "micro": {"model.size": "micro", "task.name": "addition"},
+    "small": {"model.size": "small", "task.name": "addition"},
+    "smollm2-135m": {"model.path": "smollm2-135m", "task.name": "chat_addition",
+                     "rollout.prompts_per_step": 8, "rollout.group_size": 4},
+}
+"""Model -> config overrides. Named sizes keep the trainer's batch (64 prompts x 8) and its cold start."""
+
+PROBES = {"probes.jvp_every": 1, "probes.save_stats": False, "probes.groups": "step,grad,pred",
+          "probes.max_states": 0}
+OBSERVED = ("entropy/delta", "kl/step")
+RATIO_KEY = ("grad/norm_ratio_vs_rloo", "grpo_gradnorm_ratio")
+CLIP_KEY = ("ratio/clip_frac", "clip_frac")
+
+
+# ----------------------------------------------------------------------------------------------
+# Running one model
+
+
+class _SecondPass:
+    """step_end hook: the ratio pi_new / pi_old a second pass over the batch would see, and its clip share."""
+
+    def __init__(self):
+        self.on = False
+
+    @torch.no_grad()
+    def __call__(self, ctx) -> None:
+        if not self.on:
+            return
+        from solidrl.theory.predictors import PREDICTORS
+        from solidrl.trainer.algos import gather_logprobs
+        from solidrl.trainer.rollout import response_logits
+
+        from . import metrics as M
+
+        ro = ctx.rollout
+        m = ctx.mask > 0
+        new = gather_logprobs(response_logits(ctx.model, ro).double(), ro.response_ids)
+        log_ratio = (new - ctx.old_logp.double())[m]
+        adv = ctx.advantages[:, None].expand_as(m)[m].double()
+        a = ctx.cfg.algo
+        obs = M.ratio_stats(log_ratio, adv, a.eps_low, a.eps_high, a.dual_clip_c)
+        pred = PREDICTORS.get("clip_frac")({"log_ratio": log_ratio, "adv": adv}, eps=a.eps_low, eps_high=a.eps_high)
+        if "clip_frac" in obs and "ratio/clip_frac" in pred:
+            ctx.metrics["second_pass/clip_frac"] = obs["clip_frac"]
+            ctx.metrics["pred/clip_frac/second_pass/clip_frac"] = pred["ratio/clip_frac"]
+
+
+def run_model(name: str, n: int, out: Path, overrides: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+    """N batches x (eta, eta/2, lr 0, rloo) one-step updates of one model; returns its raw pairs and timing."""
+    from solidrl.trainer.loop import Trainer
+    from solidrl.trainer.model import count_params
+
+    from .counterfactual import OneStep, fingerprint
+    from .recorder import attach
+
+    t0 = time.perf_counter()
+    over = {**MODELS[name], **overrides, **PROBES, "run.steps": n}
+    cfg = apply_overrides(TrainConfig(), over)
+    d = out / name
+    trainer = Trainer(cfg, d, progress=progress)
+    rec = attach(trainer)
+    second = _SecondPass()
+    trainer.add_hook("step_end", second)
+    fp: dict[int, set] = {}
+    trainer.add_hook("step_end", lambda ctx: fp.setdefault(ctx.step, set()).add(fingerprint(ctx.rollout)))
+    one = OneStep(trainer)
+    eta = cfg.optim.lr
+    t_setup = time.perf_counter() - t0
+    arms: dict[str, list[dict]] = {"eta": [], "half": [], "zero": [], "rloo": []}
+    with open(d / "rows.jsonl", "w") as f:
+        for b in range(n):
+            tb = time.perf_counter()
+            second.on = True
+            arms["eta"].append(one.step(b, eta))
+            second.on = False
+            arms["half"].append(one.step(b, eta / 2))
+            rec.jvp_every = 0  # the noise arm measures the observed side only
+            arms["zero"].append(one.step(b, 0.0))
+            rec.jvp_every = 1
+            arms["rloo"].append(one.step(b, overrides={"algo.advantage": "rloo"}, hooks=False))
+            for arm, rows in arms.items():
+                f.write(json.dumps({"arm": arm, "batch": b, **rows[-1]}) + "\n")
+            f.flush()
+            if progress:
+                r = arms["eta"][-1]
+                print(f"transfer {name}: batch {b + 1}/{n} acc {r['reward/accuracy']:.3f} "
+                      f"dH {r.get('entropy/delta', math.nan):+.3g} ({time.perf_counter() - tb:.1f} s)",
+                      file=sys.stderr, flush=True)
+    one.reset()
+    mixed = [len(v) == 1 for v in fp.values()]
+    return {
+        "model": name, "params": count_params(trainer.model), "task": cfg.task.name,
+        "batch": f"{cfg.rollout.prompts_per_step} x {cfg.rollout.group_size}", "lr": eta,
+        "optimizer": cfg.optim.name, "n": n, "same_batch_all_arms": all(mixed),
+        "accuracy_mean": float(np.mean([r["reward/accuracy"] for r in arms["eta"]])),
+        "wall_s": round(time.perf_counter() - t0, 1), "setup_s": round(t_setup, 1),
+        "arms": arms,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring
+
+
+def _pairs(res: dict[str, Any]) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    """(predictor, metric) -> arrays pred/obs at eta and eta/2, and the lr-0 noise of the observed side."""
+    A = res["arms"]
+    out: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+
+    def col(rows, key):
+        return np.array([r.get(key, math.nan) for r in rows], dtype=float)
+
+    keys = sorted({k for r in A["eta"] for k in r if k.startswith("pred/")})
+    for k in keys:
+        pname, metric = k.split("/", 2)[1:]
+        if metric in OBSERVED:
+            out[(pname, metric)] = {"pred": col(A["eta"], k), "obs": col(A["eta"], metric),
+                                    "pred_half": col(A["half"], k), "obs_half": col(A["half"], metric),
+                                    "noise": np.abs(col(A["zero"], metric))}
+        elif metric == "second_pass/clip_frac":
+            out[(pname, metric)] = {"pred": col(A["eta"], k), "obs": col(A["eta"], metric),
+                                    "noise": np.zeros(len(A["eta"]))}
+    g_grpo, g_rloo, g_zero = col(A["eta"], "grad/norm"), col(A["rloo"], "grad/norm"), col(A["zero"], "grad/norm")
+    k = f"pred/{RATIO_KEY[1]}/{RATIO_KEY[0]}"
+    if any(k in r for r in A["eta"]):
+        out[(RATIO_KEY[1], RATIO_KEY[0])] = {"pred": col(A["eta"], k), "obs": g_grpo / g_rloo,
+                                             "noise": np.abs(g_grpo / g_zero - 1)}
+    return out
+
+
+def score(p: dict[str, np.ndarray]) -> dict[str, Optional[float]]:
+    """The table's numbers for one (model, predictor, metric); None where not computable."""
+    pred, obs = p["pred"], p["obs"]
+    ok = np.isfinite(pred) & np.isfinite(obs)
+    pred, obs = pred[ok], obs[ok]
+
+    def f(x):
+        return None if x is None or not np.isfinite(x) else float(x)
+
+    rel = np.abs(pred - obs)[obs != 0] / np.abs(obs[obs != 0])
+    r = None
+    if len(pred) >= 3 and np.std(pred) > 0 and np.std(obs) > 0:
+        r = float(np.corrcoef(pred, obs)[0, 1])
+    resid = None
+    if "pred_half" in p:
+        num, den = np.abs(p["obs"] - p["pred"]), np.abs(p["obs_half"] - p["pred_half"])
+        good = np.isfinite(num) & np.isfinite(den) & (den > 0)
+        resid = float(np.median(num[good] / den[good])) if good.any() else None
+    return {
+        "n": int(ok.sum()),
+        "median_rel_error": f(np.median(rel)) if rel.size else None,
+        "pearson_r": f(r),
+        "sign_agreement": f(np.mean(np.sign(pred) == np.sign(obs))) if ok.any() else None,
+        "residual_ratio": f(resid),
+        "median_abs_obs": f(np.median(np.abs(obs))) if ok.any() else None,
+        "noise_floor": f(np.median(p["noise"][np.isfinite(p["noise"])])) if np.isfinite(p["noise"]).any() else None,
+    }
+
+
+def _fmt(x: Optional[float], kind: str = "g") -> str:
+    if x is None:
+        return "n/a"
+    if kind == "pct":
+        return f"{100 * x:.0f}%"
+    if kind == "2f":
+        return f"{x:.2f}"
+    return f"{x:.2g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.1e}"
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [
+        "| model | predictor | metric | median rel. err | Pearson r | sign agr. | resid. ratio eta->eta/2 | median abs obs | noise floor |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        s = row["score"]
+        lines.append(
+            f"| {row['model']} | {row['predictor']} | {row['metric']} | {_fmt(s['median_rel_error'], '2f')} | "
+            f"{_fmt(s['pearson_r'], '2f')} | {_fmt(s['sign_agreement'], 'pct')} | {_fmt(s['residual_ratio'], '2f')} | "
+            f"{_fmt(s['median_abs_obs'])} | {_fmt(s['noise_floor'])} |")
+    return "\n".join(lines)
+
+
+def plots(report: dict[str, Any], pairs: dict[str, dict], out: Path) -> list[str]:
+    """One figure per (predictor, metric): predicted vs observed at eta (filled) and eta/2 (open), y = x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    keys = sorted({k for m in pairs.values() for k in m})
+    for key in keys:
+        fig, ax = plt.subplots(figsize=(4.8, 4.4))
+        allv = []
+        for i, (model, mp) in enumerate(pairs.items()):
+            if key not in mp:
+                continue
+            p = mp[key]
+            c = f"C{i}"
+            ax.scatter(p["obs"], p["pred"], color=c, s=18, label=model)
+            allv += [*p["obs"], *p["pred"]]
+            if "pred_half" in p:
+                ax.scatter(p["obs_half"], p["pred_half"], facecolors="none", edgecolors=c, s=18)
+                allv += [*p["obs_half"], *p["pred_half"]]
+        v = np.array([x for x in allv if np.isfinite(x)])
+        if not v.size:
+            plt.close(fig)
+            continue
+        lo, hi = float(v.min()), float(v.max())
+        pad = 0.05 * (hi - lo or 1.0)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=0.8, label="y = x")
+        nz = np.abs(v[v != 0])
+        if nz.size and nz.max() / nz.min() > 100:
+            thr = float(np.quantile(nz, 0.1))
+            ax.set_xscale("symlog", linthresh=thr)
+            ax.set_yscale("symlog", linthresh=thr)
+        ax.set_xlabel(f"observed {key[1]}")
+        ax.set_ylabel(f"predicted ({key[0]})")
+        ax.set_title(f"{key[0]}: {key[1]}\nfilled: eta, open: eta/2", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"{key[0]}__{key[1].replace('/', '_')}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(str(path))
+    return written
+
+
+def run_transfer(models: list[str], n: int, out: Path, overrides: dict[str, Any], progress: bool = True,
+                 command_line: str = "") -> dict[str, Any]:
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    results, pairs = [], {}
+    for name in models:
+        res = run_model(name, n, out, overrides, progress)
+        results.append(res)
+        pairs[name] = _pairs(res)
+    rows = [{"model": m, "predictor": k[0], "metric": k[1], "score": score(p),
+             "pred": p["pred"].tolist(), "obs": p["obs"].tolist(),
+             **({"pred_half": p["pred_half"].tolist(), "obs_half": p["obs_half"].tolist()} if "pred_half" in p else {}),
+             "noise": p["noise"].tolist()}
+            for m, mp in pairs.items() for k, p in sorted(mp.items())]
+    report = {
+        "command": command_line, "threads": torch.get_num_threads(),
+        "models": [{k: v for k, v in r.items() if k != "arms"} for r in results],
+        "rows": rows, "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    report["plots"] = plots(report, pairs, out / "plots")
+    md = ["# Transfer table", "", f"Command: `{command_line}`", "",
+          "| model | params | task | batch | lr (eta) | mean accuracy | wall s |", "|---|---|---|---|---|---|---|"]
+    md += [f"| {m['model']} | {m['params'] / 1e6:.2f}M | {m['task']} | {m['batch']} | {m['lr']:g} | "
+           f"{m['accuracy_mean']:.3f} | {m['wall_s']:.0f} |" for m in report["models"]]
+    md += ["", f"N = {n} batches per model; total wall time {report['wall_s']:.0f} s "
+           f"({report['threads']} torch threads).", "", table(report), ""]
+    (out / "table.md").write_text("\n".join(md))
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+@user_errors("solidrl transfer")
+def cmd_transfer(args) -> int:
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        from solidrl.trainer.config import ConfigError
+
+        raise ConfigError(f"--models: unknown model {unknown[0]!r}; known: {', '.join(MODELS)}")
+    if args.n < 1:
+        from solidrl.trainer.config import ConfigError
+
+        raise ConfigError(f"--n must be >= 1, got {args.n}")
+    over = parse_set_args(args.set or [])
+    cmdline = "solidrl transfer " + " ".join(sys.argv[2:]) if args.command_line is None else args.command_line
+    rep = run_transfer(models, args.n, Path(args.out), over, progress=not args.quiet, command_line=cmdline)
+    print(table(rep))
+    print(f"\nwrote {Path(args.out) / 'table.md'}, report.json, {len(rep['plots'])} plots; {rep['wall_s']:.0f} s")
+    return 0
+
+
+@command("transfer", "predicted vs observed one-step changes across model sizes (the transfer table)")
+def _setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
+    p.add_argument("--n", type=int, default=8, help="batches (counterfactual steps) per model and learning rate")
+    p.add_argument("--out", default="runs/transfer", help="output folder")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="config override for every model, e.g. --set rollout.prompts_per_step=16 (repeatable)")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_transfer)

@@ -1,0 +1,132 @@
+"""Off-policy (theory.offpolicy): symbolic checks, predictors vs their derivations, and Monte Carlo against
+the trainer's own PPO clip and corrections (trainer/algos.py) on Gaussian log-ratios.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from solidrl.theory import offpolicy
+from solidrl.theory.predictors import PREDICTORS
+
+algos = pytest.importorskip("solidrl.trainer.algos")
+torch.set_default_dtype(torch.float64)
+
+N_MC = 400_000
+
+
+def gaussian_batch(m, s, seed, frac_pos=0.6):
+    g = torch.Generator().manual_seed(seed)
+    log_ratio = m + s * torch.randn(N_MC, generator=g)
+    u = torch.rand(N_MC, generator=g)
+    adv = torch.where(u < frac_pos, 1.0, torch.where(u < frac_pos + 0.3, -1.0, 0.0))  # 10% exactly zero
+    return {"log_ratio": log_ratio, "adv": adv}
+
+
+def mc_tol(p):
+    """5 binomial standard errors of a Monte Carlo fraction p over N_MC draws (plus float slack)."""
+    return 5 * math.sqrt(max(p * (1 - p), 1e-12) / N_MC) + 1e-9
+
+
+@pytest.mark.parametrize("name", ["ratio_decomposition", "clip_frac", "tis", "icepop"])
+def test_offpolicy_symbolic(name):
+    assert all(getattr(offpolicy, f"derive_{name}")().verify().values())
+
+
+def test_ratio_decomposition_staleness_spread_is_twice_kl():
+    """After a logit step of size eps: E_pi (log pi_new/pi_old)^2 / (2 KL) -> 1 as eps -> 0."""
+    g = torch.Generator().manual_seed(0)
+    z, d = 2 * torch.randn(500, generator=g), torch.randn(500, generator=g)
+    gaps = []
+    for eps in (0.02, 0.01):
+        l0, l1 = torch.log_softmax(z, -1), torch.log_softmax(z + eps * d, -1)
+        p = l0.exp()
+        second, kl = (p * (l1 - l0) ** 2).sum(), (p * (l0 - l1)).sum()
+        gaps.append(abs(float(second / (2 * kl)) - 1))
+    assert gaps[0] < 0.05 and 1.5 < gaps[0] / gaps[1] < 2.5, gaps  # the gap is O(eps)
+
+
+def _lambdified(name, metric, **values):
+    d = getattr(offpolicy, f"derive_{name}")()
+    keys = list(values)
+    return float(d.lambdify(metric, [d.symbols[k] for k in keys])(*values.values()))
+
+
+@pytest.mark.parametrize("m,s", [(0.0, 0.1), (-0.05, 0.3), (0.2, 1.0)])
+def test_clip_frac_predictor_equals_lambdified_derivation(m, s):
+    st = gaussian_batch(m, s, 0)
+    got = PREDICTORS.get("clip_frac")(st, eps=0.2, eps_high=0.28)["ratio/clip_frac"]
+    lr = st["log_ratio"]
+    want = _lambdified("clip_frac", "ratio/clip_frac", m=float(lr.mean()), s=float(lr.std(correction=0)),
+                       eps_low=0.2, eps_high=0.28, f_pos=float((st["adv"] > 0).double().mean()),
+                       f_neg=float((st["adv"] < 0).double().mean()))
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("m,s", [(0.0, 0.1), (-0.05, 0.3), (0.2, 1.0)])
+def test_clip_frac_matches_trainer_ppo_clip_by_monte_carlo(m, s):
+    """Active clip = the trainer's ppo_clip passes no gradient to that token's logp (counted by autograd)."""
+    st = gaussian_batch(m, s, 1)
+    logp = st["log_ratio"].clone().requires_grad_()
+    zeros = torch.zeros_like(logp)
+    p = algos.PolicyLossParams(eps_low=0.2, eps_high=0.28)
+    loss = algos.POLICY_LOSSES.get("ppo_clip")(logp[None], zeros[None], st["adv"][None], torch.ones(1, N_MC), p)
+    loss.sum().backward()
+    observed = float(((logp.grad == 0) & (st["adv"] != 0)).double().mean())
+    pred = PREDICTORS.get("clip_frac")(st, eps=0.2, eps_high=0.28)["ratio/clip_frac"]
+    assert abs(pred - observed) < mc_tol(observed), (pred, observed)
+
+
+def test_clip_frac_fully_on_policy_is_zero():
+    st = {"log_ratio": torch.zeros(100), "adv": torch.randn(100)}
+    assert PREDICTORS.get("clip_frac")(st)["ratio/clip_frac"] == 0.0
+
+
+@pytest.mark.parametrize("m,s,C", [(0.0, 0.2, 2.0), (-0.1, 0.5, 1.5), (0.1, 1.0, 2.0)])
+def test_tis_predictor_equals_lambdified_derivation_and_trainer_by_monte_carlo(m, s, C):
+    st = gaussian_batch(m, s, 2)
+    got = PREDICTORS.get("tis")(st, C=C)
+    lr = st["log_ratio"]
+    fit = dict(m=float(lr.mean()), s=float(lr.std(correction=0)), C=C)
+    for metric in got:
+        assert got[metric] == pytest.approx(_lambdified("tis", metric, **fit), rel=1e-10)
+    p = algos.CorrectionParams(tis_cap=C)
+    w = algos.CORRECTIONS.get("tis")(lr[None], torch.ones(1, N_MC), p)
+    touched = float(algos.touched("tis", lr[None], torch.ones(1, N_MC), p).double().mean())
+    assert abs(got["correction/touched_frac"] - touched) < mc_tol(touched)
+    # the mean of a capped lognormal: its MC std is below std(min(rho, C)) / sqrt(N)
+    assert abs(got["correction/weight_mean"] - float(w.mean())) < 5 * float(w.std()) / N_MC**0.5
+
+
+@pytest.mark.parametrize("m,s,alpha,beta", [(0.0, 0.2, 0.5, 2.0), (-0.1, 0.6, 0.5, 5.0), (0.0, 1.0, 0.8, 1.25)])
+def test_icepop_predictor_equals_lambdified_derivation_and_trainer_by_monte_carlo(m, s, alpha, beta):
+    st = gaussian_batch(m, s, 3)
+    got = PREDICTORS.get("icepop")(st, alpha=alpha, beta=beta)
+    lr = st["log_ratio"]
+    fit = dict(m=float(lr.mean()), s=float(lr.std(correction=0)), alpha=alpha, beta=beta)
+    for metric in got:
+        assert got[metric] == pytest.approx(_lambdified("icepop", metric, **fit), rel=1e-10)
+    p = algos.CorrectionParams(icepop_low=alpha, icepop_high=beta)
+    w = algos.CORRECTIONS.get("icepop")(lr[None], torch.ones(1, N_MC), p)
+    touched = float(algos.touched("icepop", lr[None], torch.ones(1, N_MC), p).double().mean())
+    assert abs(got["correction/touched_frac"] - touched) < mc_tol(touched)
+    assert abs(got["correction/weight_mean"] - float(w.mean())) < 5 * float(w.std()) / N_MC**0.5
+
+
+def test_tis_and_icepop_defaults_are_the_trainers():
+    p = algos.CorrectionParams()
+    import inspect
+    assert inspect.signature(PREDICTORS.get("tis")).parameters["C"].default == p.tis_cap
+    sig = inspect.signature(PREDICTORS.get("icepop")).parameters
+    assert (sig["alpha"].default, sig["beta"].default) == (p.icepop_low, p.icepop_high)
+    q = algos.PolicyLossParams()
+    assert inspect.signature(PREDICTORS.get("clip_frac")).parameters["eps"].default == q.eps_low == q.eps_high
+
+
+def test_tis_point_mass_when_log_ratios_are_all_equal():
+    """s = 0: the Gaussian degenerates to a point; touched is 0 or 1, the mean weight is min(e^m, C)."""
+    for m, want in ((0.0, (0.0, 1.0)), (1.0, (1.0, 2.0))):
+        out = PREDICTORS.get("tis")({"log_ratio": torch.full((10,), m)}, C=2.0)
+        assert (out["correction/touched_frac"], out["correction/weight_mean"]) == pytest.approx(want)
+    assert np.isfinite(list(PREDICTORS.get("icepop")({"log_ratio": torch.zeros(3)}).values())).all()

@@ -1,0 +1,266 @@
+"""Predictors: per-step batch statistics in (docs/contracts.md), predicted metric values out.
+
+Each predictor `fn(stats, **params) -> dict[metric name, float]` is registered under the name of the
+derivation it was compiled from: predictor `X` <- `derive_X` (its `.derivation`) <- notebook section
+"X" <- tests `test_X_*`. The recorder writes its outputs as `pred/X/<metric>`.
+Token-level formulas are evaluated per token in float64 and averaged over the N tokens (the
+reduction of `entropy/token_mean` and `kl/step`); the tests hold each against its derivation's result,
+lambdified. A key a predictor needs and the stats lack raises MissingStatError (a KeyError) naming it;
+a metric that cannot be computed from what is there (an empty batch, no mixed group) is absent, never 0.
+
+Left out: predictions that need more than one step's statistics (trajectories are probe-check's).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from solidrl.theory.advantages import derive_grpo_gradnorm_ratio
+from solidrl.theory.entropy import derive_cov_entropy, derive_tabular_adam, derive_tabular_npg, derive_tabular_sgd
+from solidrl.theory.kernel import derive_jvp, derive_kernel_crosstalk
+from solidrl.theory.offpolicy import derive_clip_frac, derive_icepop, derive_tis
+from solidrl.theory.registry import Registry
+
+__all__ = ["PREDICTORS", "MissingStatError", "GRPO_STD_EPS"]
+
+Stats = Mapping[str, Tensor]
+PredictorFn = Callable[..., dict[str, float]]
+PREDICTORS: Registry[PredictorFn] = Registry("predictor")
+
+GRPO_STD_EPS = 1e-6  # the trainer's GRPO epsilon (trainer/algos.py GRPO_STD_EPS; a test holds them equal)
+
+
+class MissingStatError(KeyError):
+    """A stats key a predictor needs is absent; ``str()`` is a one-line message naming it."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _need(stats: Stats, name: str, *keys: str) -> list[Tensor]:
+    """The float64 tensors stats[k] for each key, or MissingStatError naming the first absent one."""
+    for k in keys:
+        if k not in stats:
+            raise MissingStatError(f"predictor {name!r} needs stats key {k!r}, absent from this step's stats")
+    return [torch.as_tensor(stats[k]).double() for k in keys]
+
+
+def _predictor(name: str, derivation: Callable) -> Callable[[PredictorFn], PredictorFn]:
+    """Register fn as predictor `name` and record the derivation it was compiled from."""
+    if derivation.__name__ != f"derive_{name}":
+        raise ValueError(f"predictor {name!r} must be compiled from derive_{name}, got {derivation.__name__}")
+
+    def deco(fn: PredictorFn) -> PredictorFn:
+        fn.derivation = derivation
+        return PREDICTORS.register(name)(fn)
+
+    return deco
+
+
+def _mean(x: Tensor) -> float:
+    return float(x.mean()) if x.numel() else math.nan
+
+
+def _present(out: dict[str, float]) -> dict[str, float]:
+    """Drop the metrics that were not computable (NaN from an empty reduction)."""
+    return {k: v for k, v in out.items() if not math.isnan(v)}
+
+
+def _token_stats(stats: Stats, name: str) -> tuple[Tensor, ...]:
+    """(pi_a, logp, H, coef, lr) of the tabular predictors."""
+    logp, H, coef, lr = _need(stats, name, "logp", "entropy", "coef", "lr")
+    return logp.exp(), logp, H, coef, lr
+
+
+def _tabular_sgd_entropy(stats: Stats, name: str) -> Tensor:
+    pa, logp, H, c, lr = _token_stats(stats, name)
+    s2, s2l = _need(stats, name, "sum_p2", "sum_p2_logp")
+    return -lr * c * (pa * (logp + H) - s2l - H * s2)
+
+
+@_predictor("tabular_sgd", derive_tabular_sgd)
+def tabular_sgd(stats: Stats) -> dict[str, float]:
+    """One SGD step on per-token tabular logits (kernel = identity), dz_t = lr c_t (e_{a_t} - pi_t).
+
+    entropy/delta   = mean_t -lr c (pi_a (logp + H) - sum_p2_logp - H sum_p2)
+    kl/step         = mean_t lr^2 c^2 / 2 (pi_a (1-pi_a)^2 + sum_p3 - pi_a^3 - (pi_a - sum_p2)^2)
+                      (only when the stats carry `sum_p3` = sum_v pi_v^3; absent otherwise)
+    grad/logit_norm = sqrt(sum_t c^2 (1 - 2 pi_a + sum_p2)): the norm of d loss / d (all tokens' logits)
+    stats: logp, entropy, sum_p2, sum_p2_logp, coef [N]; lr scalar; optional sum_p3 [N].
+    Derivation: theory.entropy.derive_tabular_sgd (Mei et al. 2020 Lemma 2).
+    """
+    pa, logp, H, c, lr = _token_stats(stats, "tabular_sgd")
+    (s2,) = _need(stats, "tabular_sgd", "sum_p2")
+    out = {"entropy/delta": _mean(_tabular_sgd_entropy(stats, "tabular_sgd")),
+           "grad/logit_norm": float((c**2 * (1 - 2 * pa + s2)).sum().sqrt()) if c.numel() else math.nan}
+    if "sum_p3" in stats:
+        (s3,) = _need(stats, "tabular_sgd", "sum_p3")
+        out["kl/step"] = _mean(lr**2 * c**2 / 2 * (pa * (1 - pa) ** 2 + s3 - pa**3 - (pa - s2) ** 2))
+    return _present(out)
+
+
+@_predictor("tabular_npg", derive_tabular_npg)
+def tabular_npg(stats: Stats) -> dict[str, float]:
+    """Natural policy gradient on per-token tabular logits, dz_t = lr c_t e_{a_t} / pi_a.
+
+    entropy/delta = mean_t -lr c (logp + H);   kl/step = mean_t lr^2 c^2 (1 - pi_a) / (2 pi_a)
+    stats: logp, entropy, coef [N]; lr. Derivation: theory.entropy.derive_tabular_npg (Kakade 2001;
+    Cui et al. 2025 Theorem 2).
+    """
+    pa, logp, H, c, lr = _token_stats(stats, "tabular_npg")
+    return _present({"entropy/delta": _mean(-lr * c * (logp + H)),
+                     "kl/step": _mean(lr**2 * c**2 * (1 - pa) / (2 * pa))})
+
+
+@_predictor("tabular_adam", derive_tabular_adam)
+def tabular_adam(stats: Stats) -> dict[str, float]:
+    """Adam's first step (a sign step) on per-token tabular logits, dz_t = lr sign(c_t) (2 e_{a_t} - 1).
+
+    entropy/delta = mean_t -2 lr sign(c) pi_a (logp + H);   kl/step = mean_t 2 lr^2 sign(c)^2 pi_a (1 - pi_a)
+    Exact for the first step after Adam's state is (re)set, and for every step with beta1 = beta2 = 0.
+    stats: logp, entropy, coef [N]; lr. Derivation: theory.entropy.derive_tabular_adam (Kingma & Ba 2015).
+    """
+    pa, logp, H, c, lr = _token_stats(stats, "tabular_adam")
+    sg = torch.sign(c)
+    return _present({"entropy/delta": _mean(-2 * lr * sg * pa * (logp + H)),
+                     "kl/step": _mean(2 * lr**2 * sg**2 * pa * (1 - pa))})
+
+
+@_predictor("cov_entropy", derive_cov_entropy)
+def cov_entropy(stats: Stats, form: str = "npg") -> dict[str, float]:
+    """Cui et al.'s covariance law, estimated over the batch: dH = -lr Cov_batch(logp, x).
+
+    x = coef (form "npg", Theorem 2) or pi_a * coef (form "pg", Theorem 1, which assumes coefficients
+    centred under pi). Cov_batch is the population covariance over the N tokens.
+    stats: logp, coef [N]; lr. Derivation: theory.entropy.derive_cov_entropy (Cui et al. 2025, sec. 4).
+    """
+    if form not in ("npg", "pg"):
+        raise ValueError(f"cov_entropy form must be 'npg' or 'pg', got {form!r}")
+    logp, c, lr = _need(stats, "cov_entropy", "logp", "coef", "lr")
+    x = c if form == "npg" else logp.exp() * c
+    return _present({"entropy/delta": _mean(-lr * (logp - logp.mean()) * (x - x.mean()))})
+
+
+@_predictor("jvp", derive_jvp)
+def jvp(stats: Stats) -> dict[str, float]:
+    """Exact first order for a real network: dz_t = J(s_t) dtheta from the JVP probe.
+
+    entropy/delta = -mean_t jvp_cov;   kl/step = mean_t jvp_var / 2
+    stats: jvp_cov, jvp_var [N] (theory.kernel.linearized_stats of theory.kernel.jvp_logit_change).
+    Derivation: theory.kernel.derive_jvp (Ren & Sutherland, ICLR 2025, eq. 3-5).
+    """
+    cov, var = _need(stats, "jvp", "jvp_cov", "jvp_var")
+    return _present({"entropy/delta": _mean(-cov), "kl/step": _mean(var / 2)})
+
+
+@_predictor("kernel_crosstalk", derive_kernel_crosstalk)
+def kernel_crosstalk(stats: Stats) -> dict[str, float]:
+    """The kernel's cross-talk: entropy/crosstalk = jvp's entropy/delta - tabular_sgd's entropy/delta.
+
+    What the network's shared parameters add to (or take from) the entropy change of the identity kernel.
+    Meaningful for an SGD step (tabular_sgd's rule). stats: those of jvp and tabular_sgd.
+    Derivation: theory.kernel.derive_kernel_crosstalk (Ren & Sutherland, ICLR 2025, sec. 3).
+    """
+    (cov,) = _need(stats, "kernel_crosstalk", "jvp_cov")
+    return _present({"entropy/crosstalk": _mean(-cov - _tabular_sgd_entropy(stats, "kernel_crosstalk"))})
+
+
+@_predictor("grpo_gradnorm_ratio", derive_grpo_gradnorm_ratio)
+def grpo_gradnorm_ratio(stats: Stats) -> dict[str, float]:
+    """Predicted ||grad|| of GRPO over that of Dr.GRPO and of RLOO, from one batch's group rewards.
+
+    ratio^2 = sum_{g,i} (A^grpo_{g,i})^2 / sum_{g,i} (A^base_{g,i})^2, A^grpo = (r - mean_g)/(std_g + 1e-6)
+    (population std), A^dr = r - mean_g, A^rloo = G_g/(G_g - 1) A^dr. Binary rewards: ratio vs Dr.GRPO =
+    sqrt(#mixed groups / sum_g p_g (1 - p_g)). Assumes score vectors uncorrelated across samples
+    (see the derivation). Absent when no group has two distinct rewards.
+    stats: reward [S], group_index [S] (long). Derivation: theory.advantages.derive_grpo_gradnorm_ratio.
+    """
+    (r,) = _need(stats, "grpo_gradnorm_ratio", "reward")
+    (gi,) = _need(stats, "grpo_gradnorm_ratio", "group_index")
+    _, g = torch.unique(gi.long(), return_inverse=True)
+    n = torch.bincount(g).double()
+    mean = torch.zeros_like(n).index_add_(0, g, r) / n
+    ss = torch.zeros_like(n).index_add_(0, g, (r - mean[g]) ** 2)  # sum_i (A^dr)^2 per group
+    grpo_ss = ss / (torch.sqrt(ss / n) + GRPO_STD_EPS) ** 2
+    rloo_ss = torch.where(n > 1, (n / (n - 1).clamp(min=1)) ** 2 * ss, torch.zeros_like(ss))
+    if not float(ss.sum()) > 0:
+        return {}
+    return {"grad/norm_ratio_vs_dr_grpo": float((grpo_ss.sum() / ss.sum()).sqrt()),
+            "grad/norm_ratio_vs_rloo": float((grpo_ss.sum() / rloo_ss.sum()).sqrt())}
+
+
+def _gauss(stats: Stats, name: str) -> tuple[Tensor, Tensor]:
+    """(m, s): mean and population std of the per-token log-ratios (the Gaussian model's parameters)."""
+    (x,) = _need(stats, name, "log_ratio")
+    if not x.numel():
+        return torch.tensor(math.nan, dtype=torch.float64), torch.tensor(math.nan, dtype=torch.float64)
+    return x.mean(), x.std(correction=0)
+
+
+def _tail(a: float, m: Tensor, s: Tensor) -> Tensor:
+    """P(X > a), X ~ N(m, s^2); for s = 0 the point mass at m."""
+    if float(s) == 0:
+        return (m > a).double()
+    return 1 - torch.special.ndtr((a - m) / s)
+
+
+def _ratio_tail_mean(a: float, m: Tensor, s: Tensor) -> Tensor:
+    """E[e^X 1(X > a)] = e^{m + s^2/2} (1 - Phi((a - m - s^2)/s)), X ~ N(m, s^2)."""
+    if float(s) == 0:
+        return torch.exp(m) * (m > a).double()
+    return torch.exp(m + s**2 / 2) * (1 - torch.special.ndtr((a - m - s**2) / s))
+
+
+def _log(x: float) -> float:
+    return math.log(x) if x > 0 else -math.inf
+
+
+@_predictor("clip_frac", derive_clip_frac)
+def clip_frac(stats: Stats, eps: float = 0.2, eps_high: float | None = None) -> dict[str, float]:
+    """Predicted fraction of tokens whose PPO clip is active, from the spread of the log-ratios.
+
+    ratio/clip_frac = f+ P(r > 1 + eps_high) + f- P(r < 1 - eps), log r ~ N(m, s^2) with m, s the mean and
+    std of stats `log_ratio`, f+/f- the fractions of tokens with adv > 0 / adv < 0. Active = the clipped
+    branch of min(rA, clip(r)A) is taken (the token's gradient is zeroed). eps_high defaults to eps
+    (trainer PolicyLossParams: 0.2 / 0.2). The ratio modelled is the one whose log `log_ratio` holds
+    (pi_train_old / pi_rollout); for staleness, s ~ sqrt(2 kl/step) (derive_ratio_decomposition).
+    stats: log_ratio, adv [N]. Derivation: theory.offpolicy.derive_clip_frac (PPO eq. 7).
+    """
+    eh = eps if eps_high is None else eps_high
+    m, s = _gauss(stats, "clip_frac")
+    (adv,) = _need(stats, "clip_frac", "adv")
+    fp, fn = (adv > 0).double().mean(), (adv < 0).double().mean()
+    frac = fp * _tail(math.log1p(eh), m, s) + fn * (1 - _tail(_log(1 - eps), m, s))
+    return _present({"ratio/clip_frac": float(frac)})
+
+
+@_predictor("tis", derive_tis)
+def tis(stats: Stats, C: float = 2.0) -> dict[str, float]:
+    """Truncated IS, w = min(rho, C): predicted touched fraction and mean weight, log rho ~ N(m, s^2).
+
+    correction/touched_frac = P(rho > C);  correction/weight_mean = e^{m + s^2/2} - E(rho - C)_+.
+    C defaults to trainer CorrectionParams.tis_cap (2). stats: log_ratio [N].
+    Derivation: theory.offpolicy.derive_tis (Yao et al. 2025; IMPALA eq. 1).
+    """
+    m, s = _gauss(stats, "tis")
+    a = math.log(C)
+    excess = _ratio_tail_mean(a, m, s) - C * _tail(a, m, s)
+    return _present({"correction/touched_frac": float(_tail(a, m, s)),
+                     "correction/weight_mean": float(torch.exp(m + s**2 / 2) - excess)})
+
+
+@_predictor("icepop", derive_icepop)
+def icepop(stats: Stats, alpha: float = 0.5, beta: float = 2.0) -> dict[str, float]:
+    """IcePop, w = rho 1[alpha <= rho <= beta]: predicted touched fraction and mean weight, log rho ~ N(m, s^2).
+
+    correction/touched_frac = P(rho < alpha) + P(rho > beta);  correction/weight_mean = E[rho 1[alpha <= rho <= beta]].
+    Defaults are trainer CorrectionParams.icepop_low / icepop_high (0.5, 2). stats: log_ratio [N].
+    Derivation: theory.offpolicy.derive_icepop (Ring-1T, arXiv 2510.18855).
+    """
+    m, s = _gauss(stats, "icepop")
+    lo, hi = _log(alpha), _log(beta)
+    return _present({"correction/touched_frac": float(1 - _tail(lo, m, s) + _tail(hi, m, s)),
+                     "correction/weight_mean": float(_ratio_tail_mean(lo, m, s) - _ratio_tail_mean(hi, m, s))})
