@@ -46,18 +46,18 @@ order and costs $\\mathrm{KL} = \\tfrac{\\epsilon^2}{2}\\mathrm{Var}_\\pi(d)$. E
 (tabular SGD, natural PG, Adam's sign step); a real network adds the kernel's cross-talk.
 Every section is named after its derivation `theory.*.derive_<name>`, predictor `<name>` and tests `test_<name>_*`."""),
     ("code", SETUP + "from solidrl.theory import entropy, kernel"),
-    ("md", "## softmax_expansion\nSecond-order expansion of $H$ and KL, checked by sympy for $V=3$ and numerically for $V=50000$: the first-order residual has slope 2, the second-order one slope 3."),
+    ("md", "## softmax_expansion\nSecond-order expansion of $H$ and KL, checked by sympy for $V=3$ and numerically for $V=20000$: the first-order residual has slope 2, the second-order one slope 3."),
     ("code", """\
 show(entropy.derive_softmax_expansion(3))
 g = torch.Generator().manual_seed(0)
-z, d = 3 * torch.randn(50000, generator=g), torch.randn(50000, generator=g)
+z, d = 3 * torch.randn(20000, generator=g), torch.randn(20000, generator=g)
 m = entropy.directional_moments(z, d)
 eps = np.geomspace(1e-3, 1e-1, 12)
 dH = np.array([float(H(z + e * d) - H(z)) for e in eps])
 r1 = np.abs(dH + eps * float(m["cov"]))
 r2 = np.abs(dH + eps * float(m["cov"]) + eps**2 / 2 * float(m["var"] + m["cov2"]))
 plt.loglog(eps, r1, "o-", label="first-order residual"); plt.loglog(eps, r2, "s-", label="second-order residual")
-plt.xlabel("eps"); plt.legend(); plt.title("softmax_expansion, V = 50000"); plt.show()
+plt.xlabel("eps"); plt.legend(); plt.title("softmax_expansion, V = 20000"); plt.show()
 slopes = np.polyfit(np.log(eps[3:]), np.log(r1[3:]), 1)[0], np.polyfit(np.log(eps[3:]), np.log(r2[3:]), 1)[0]
 print("slopes", slopes); assert abs(slopes[0] - 2) < 0.2 and abs(slopes[1] - 3) < 0.3"""),
     ("md", "## tabular_sgd\nOne real `torch.optim.SGD` step on per-token logits; the predictor's residual shrinks as $\\eta^2$."),
@@ -273,9 +273,9 @@ plt.semilogx(eps, ratio, "o-"); plt.axhline(1, color="k"); plt.ylabel("E(log rat
     ("code", """\
 show(offpolicy.derive_clip_frac())
 g = torch.Generator().manual_seed(1)
-n = 100_000
+n = 50_000
 adv = torch.randn(n, generator=g)
-ss = np.linspace(0.01, 0.6, 12)
+ss = np.linspace(0.01, 0.6, 8)
 pred, mc = [], []
 for s in ss:
     lr = s * torch.randn(n, generator=g)

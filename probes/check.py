@@ -2,6 +2,7 @@
 
     probe-check HYPOTHESIS.toml [--out DIR] [--seeds 0 1 2] [--steps N] [--quick] [--quiet]
     probe-check --from-run DIR [HYPOTHESIS.toml] [--out DIR2]      # re-judge, no training
+    probe-check HYPOTHESIS.toml --from-log ARM=FILE ...           # judge TRL / verl logs (probes/logs.py)
 
 Each (arm, seed) is one ordinary run directory, `<out>/runs/<arm>/seed<s>/` (config.json,
 metrics.jsonl, stats/), with the probes' recorder attached. All seeds of all arms share the cached
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import math
 import shutil
@@ -37,6 +37,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import hypothesis as hyp_mod
+from .counterfactual import fingerprint
 from .hypothesis import Hypothesis, HypothesisError, Plan, Prediction, window_slice
 from .verdict import (Judgement, allowed_interval, judge_ab, judge_per_step, judge_trajectory,
                       judgement_dict)
@@ -65,13 +66,6 @@ def _attach_probes(trainer) -> bool:
         raise
     recorder.attach(trainer)
     return True
-
-
-def _fingerprint(ctx) -> str:
-    h = hashlib.sha1()
-    for x in (ctx.rollout.prompt_ids, ctx.rollout.response_ids):
-        h.update(x.detach().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _metric_check(hyp: Hypothesis, arm: str):
@@ -114,7 +108,7 @@ class Shadow:
         self.fp: dict[int, str] = {}
         self.row: Optional[dict] = None
         self.matches = self.total = 0
-        self.t.add_hook("step_end", lambda ctx: self.fp.__setitem__(("t", ctx.step), _fingerprint(ctx)))
+        self.t.add_hook("step_end", lambda ctx: self.fp.__setitem__(ctx.step, fingerprint(ctx.rollout)))
 
     def _sync(self) -> None:
         """Give the shadow the baseline's weights and optimizer moments (its own hyperparameters stay)."""
@@ -139,7 +133,7 @@ class Shadow:
     def on_base_step_end(self, ctx) -> None:
         k = ctx.step
         if self.row is not None:
-            match = self.fp.pop(("t", k), None) == _fingerprint(ctx)
+            match = self.fp.pop(k, None) == fingerprint(ctx.rollout)
             self.matches += match
             self.total += 1
             self.row["counterfactual/batch_match"] = float(match)
@@ -521,6 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, help="steps per run (overrides the file)")
     ap.add_argument("--quick", action="store_true", help="use the file's [run.quick] reductions")
     ap.add_argument("--from-run", metavar="DIR", help="re-judge an earlier probe-check directory without training")
+    ap.add_argument("--from-log", nargs="+", metavar="[ARM[@SEED]=]FILE",
+                    help="judge logs of runs made elsewhere (TRL trainer_state.json, verl JSONL): probes/logs.py")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads per run (default 1; 0 = torch's default) unless the file sets run.threads")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     return ap
@@ -534,6 +532,10 @@ def run_check(args) -> int:
 
         hf_logging.disable_progress_bar()
 
+    if args.from_log:
+        from .logs import run_from_log
+
+        return run_from_log(args)
     if args.from_run:
         src = Path(args.from_run)
         record = load_record(src)
@@ -549,7 +551,7 @@ def run_check(args) -> int:
             raise HypothesisError("<command line>", "", "give a hypothesis file, or --from-run DIR")
         hyp = hyp_mod.load(args.hypothesis)
         plan = hyp_mod.resolve_plan(hyp, quick=args.quick, steps=args.steps,
-                                    seeds=_seeds(args.seeds) if args.seeds else None)
+                                    seeds=_seeds(args.seeds) if args.seeds else None, threads=args.threads)
         out = Path(args.out) if args.out else Path("runs") / "probe-check" / (hyp.name + ("-quick" if args.quick else ""))
         t0 = time.perf_counter()
         record = run_all(hyp, plan, out, progress=not args.quiet, mode="quick" if args.quick else "default")

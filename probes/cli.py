@@ -89,9 +89,11 @@ def cmd_train(args) -> int:
                           "replace its metrics, or another directory")
     t = Trainer(cfg, out, progress=not args.quiet, resume=args.resume)
     if cfg.probes.enabled:
+        from solidrl.probes import offpolicy
         from solidrl.probes.recorder import attach
 
         attach(t)
+        offpolicy.attach(t)  # after the recorder: it reuses the recorder's kl/step
     status = t.run()
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     if rows:
@@ -99,6 +101,8 @@ def cmd_train(args) -> int:
         keys = ["reward/accuracy", "entropy/token_mean", "kl/ref_exact", "grad/norm"]
         summary = ", ".join(f"{k}={last[k]:.4g}" for k in keys if k in last)
         print(f"{status['status']} after {len(rows)} steps: {summary}; run dir {out}")
+    if status["status"] == "collapsed":
+        print(f"collapse ({status.get('kind')}) at step {status['step']}: {status['reason']}")
     return 0 if status["status"] == "finished" else 1
 
 

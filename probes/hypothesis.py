@@ -534,11 +534,20 @@ def check_configs(hyp: Hypothesis, plans: Optional[tuple[Plan, ...]] = None) -> 
 
 
 def resolve_plan(hyp: Hypothesis, quick: bool = False, steps: Optional[int] = None,
-                 seeds: Optional[tuple[int, ...]] = None) -> Plan:
-    """The plan a run uses: [run], or [run.quick] with --quick; --steps / --seeds override either."""
+                 seeds: Optional[tuple[int, ...]] = None, threads: Optional[int] = None) -> Plan:
+    """The plan a run uses: [run], or [run.quick] with --quick; --steps / --seeds override either.
+
+    `threads` sets run.threads (torch intra-op threads) unless the file sets it: the nano model's
+    matrices are too small to gain from intra-op threads, and on a shared 2-core machine two
+    OpenMP threads per process were measured 8-14x slower than one (spinning under oversubscription).
+    """
     from dataclasses import replace
 
     plan = hyp.quick if quick else hyp.plan
+    if threads is not None and "run.threads" not in dict(plan.overrides):
+        if threads < 0:
+            raise HypothesisError(hyp.file, "--threads", f"must be >= 0, got {threads}")
+        plan = replace(plan, overrides=plan.overrides + (("run.threads", threads),))
     if steps is not None:
         if steps < 1:
             raise HypothesisError(hyp.file, "--steps", f"must be >= 1, got {steps}")

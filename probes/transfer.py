@@ -91,8 +91,17 @@ class _SecondPass:
             ctx.metrics["pred/clip_frac/second_pass/clip_frac"] = pred["ratio/clip_frac"]
 
 
-def run_model(name: str, n: int, out: Path, overrides: dict[str, Any], progress: bool = True) -> dict[str, Any]:
-    """N batches x (eta, eta/2, lr 0, rloo) one-step updates of one model; returns its raw pairs and timing."""
+JVP_ORDER = {"entropy/delta": 1, "kl/step": 2}
+"""The JVP predictor's outputs are homogeneous in the update: dz = J dtheta, and a fresh optimizer's
+first step is proportional to eta (SGD; Adam(W): -eta g / (|g| + eps)), so its eta/2 prediction is the
+eta one times (1/2)^order. The eta/2 arm skips the JVP (a third of a step's cost on smollm2); measured
+on nano, the recomputed ratios are 2 and 4 to 1e-5."""
+
+
+def run_model(name: str, n: int, out: Path, overrides: dict[str, Any], progress: bool = True,
+              noise_batches: int = 2) -> dict[str, Any]:
+    """N batches x (eta, eta/2, rloo) one-step updates of one model, plus lr = 0 on the first
+    `noise_batches` batches (the noise floor); returns the rows of every arm and the timing."""
     from solidrl.trainer.loop import Trainer
     from solidrl.trainer.model import count_params
 
@@ -119,13 +128,19 @@ def run_model(name: str, n: int, out: Path, overrides: dict[str, Any], progress:
             second.on = True
             arms["eta"].append(one.step(b, eta))
             second.on = False
-            arms["half"].append(one.step(b, eta / 2))
-            rec.jvp_every = 0  # the noise arm measures the observed side only
-            arms["zero"].append(one.step(b, 0.0))
+            rec.jvp_every = 0  # eta/2: JVP scaled from eta (JVP_ORDER); lr 0: observed side only
+            half = one.step(b, eta / 2)
+            for m, k in JVP_ORDER.items():
+                if f"pred/jvp/{m}" in arms["eta"][-1]:
+                    half[f"pred/jvp/{m}"] = arms["eta"][-1][f"pred/jvp/{m}"] * 0.5 ** k
+            arms["half"].append(half)
+            if b < noise_batches:
+                arms["zero"].append(one.step(b, 0.0))
             rec.jvp_every = 1
             arms["rloo"].append(one.step(b, overrides={"algo.advantage": "rloo"}, hooks=False))
             for arm, rows in arms.items():
-                f.write(json.dumps({"arm": arm, "batch": b, **rows[-1]}) + "\n")
+                if len(rows) == b + 1:
+                    f.write(json.dumps({"arm": arm, "batch": b, **rows[-1]}) + "\n")
             f.flush()
             if progress:
                 r = arms["eta"][-1]
@@ -167,10 +182,11 @@ def _pairs(res: dict[str, Any]) -> dict[tuple[str, str], dict[str, np.ndarray]]:
             out[(pname, metric)] = {"pred": col(A["eta"], k), "obs": col(A["eta"], metric),
                                     "noise": np.zeros(len(A["eta"]))}
     g_grpo, g_rloo, g_zero = col(A["eta"], "grad/norm"), col(A["rloo"], "grad/norm"), col(A["zero"], "grad/norm")
+    g_grpo0 = g_grpo[:len(g_zero)]
     k = f"pred/{RATIO_KEY[1]}/{RATIO_KEY[0]}"
     if any(k in r for r in A["eta"]):
         out[(RATIO_KEY[1], RATIO_KEY[0])] = {"pred": col(A["eta"], k), "obs": g_grpo / g_rloo,
-                                             "noise": np.abs(g_grpo / g_zero - 1)}
+                                             "noise": np.abs(g_grpo0 / g_zero - 1)}
     return out
 
 
@@ -275,12 +291,12 @@ def plots(report: dict[str, Any], pairs: dict[str, dict], out: Path) -> list[str
 
 
 def run_transfer(models: list[str], n: int, out: Path, overrides: dict[str, Any], progress: bool = True,
-                 command_line: str = "") -> dict[str, Any]:
+                 command_line: str = "", noise_batches: int = 2) -> dict[str, Any]:
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     results, pairs = [], {}
     for name in models:
-        res = run_model(name, n, out, overrides, progress)
+        res = run_model(name, n, out, overrides, progress, noise_batches)
         results.append(res)
         pairs[name] = _pairs(res)
     rows = [{"model": m, "predictor": k[0], "metric": k[1], "score": score(p),
@@ -323,7 +339,8 @@ def cmd_transfer(args) -> int:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
     over = parse_set_args(args.set or [])
     cmdline = "solidrl transfer " + " ".join(sys.argv[2:]) if args.command_line is None else args.command_line
-    rep = run_transfer(models, args.n, Path(args.out), over, progress=not args.quiet, command_line=cmdline)
+    rep = run_transfer(models, args.n, Path(args.out), over, progress=not args.quiet, command_line=cmdline,
+                       noise_batches=args.noise_batches)
     print(table(rep))
     print(f"\nwrote {Path(args.out) / 'table.md'}, report.json, {len(rep['plots'])} plots; {rep['wall_s']:.0f} s")
     return 0
@@ -334,6 +351,7 @@ def _setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
     p.add_argument("--n", type=int, default=8, help="batches (counterfactual steps) per model and learning rate")
     p.add_argument("--out", default="runs/transfer", help="output folder")
+    p.add_argument("--noise-batches", type=int, default=2, help="batches that also run at lr = 0 (the noise floor)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="config override for every model, e.g. --set rollout.prompts_per_step=16 (repeatable)")
     p.add_argument("--quiet", action="store_true")

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install solidrl into ./.venv: the CPU torch wheel first (a plain `torch` requirement could pull a
-# multi-GB CUDA build), then the package in editable mode with the dev extra. Idempotent.
+# multi-GB CUDA build), then the package in editable mode with the dev and trl extras (the TRL
+# integration's tests run in the default suite; torch is already satisfied, so pip keeps it). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/pip install -q -e ".[dev,trl]" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import solidrl.trainer, solidrl.probes, solidrl.theory" 
 echo "solidrl installed in .venv"

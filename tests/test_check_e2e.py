@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from solidrl.probes import check
@@ -56,7 +57,22 @@ resample = "seeds"
 compare = "difference"
 value = 0.0
 tolerance = 0.5
+[[predict]]
+label = "entropy change per step"
+kind = "per_step"
+metric = "entropy/delta"
+predictor = "cov_entropy"
+min_sign_agreement = 0.5
+[[predict]]
+label = "entropy trajectory"
+kind = "trajectory"
+metric = "entropy/delta"
+predictor = "cov_entropy"
+observed = "entropy/token_mean"
+ratio = [0.0, 1.0]
 """
+LABELS = ["grad norm, counterfactual", "grad norm, A/B", "accuracy, A/B (a null effect in 3 steps)",
+          "entropy change per step", "entropy trajectory"]
 
 
 def _strip(report: dict) -> list[dict]:
@@ -78,12 +94,12 @@ def test_live_run_writes_a_report_with_a_verdict_per_prediction(live):
     assert code in (0, 1)
     rep = json.loads((out / "report.json").read_text())
     assert rep["exit_code"] == code
-    assert [p["label"] for p in rep["predictions"]] == ["grad norm, counterfactual", "grad norm, A/B",
-                                                        "accuracy, A/B (a null effect in 3 steps)"]
+    assert [p["label"] for p in rep["predictions"]] == LABELS
     for p in rep["predictions"]:
         assert p["verdict"] in ("confirmed", "refuted", "inconclusive")
-        assert p["criteria"] and p["criteria"][0]["interval"][0] is not None
+        assert p["criteria"] and p["criteria"][0]["value"] is not None
         assert (out / p["plot"]).exists()
+    assert rep["predictions"][3]["n"]["pairs"] == 6    # 2 seeds x 3 steps
     assert {(r["arm"], r["seed"], r["status"]) for r in rep["runs"]} == {
         ("baseline", 0, "finished"), ("baseline", 1, "finished"), ("treatment", 0, "finished"),
         ("treatment", 1, "finished")}
@@ -143,3 +159,34 @@ def test_a_run_that_fails_midway_is_kept_and_named(tmp_path, monkeypatch, solidr
     p = rep["predictions"][0]
     assert p["verdict"] == "inconclusive" and any("runs/treatment/seed0" in n for n in p["notes"])
     assert "run failed" in capsys.readouterr().out
+
+
+def test_predictor_outputs_are_recomputed_from_stats_when_rows_lack_them(live, tmp_path):
+    import shutil
+
+    from solidrl.probes import hypothesis as H
+
+    _, out, hyp_file = live
+    hyp = H.load(hyp_file)
+    record = json.loads((out / "plan.json").read_text())
+    run = out / "runs" / "baseline" / "seed0"
+    key = "pred/cov_entropy/entropy/delta"
+    copy_dir = tmp_path / "run"
+    shutil.copytree(run, copy_dir)
+    rows = [{k: v for k, v in r.items() if not k.startswith("pred/")} for r in read_rows(run)]
+    (copy_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = check.RunData(hyp, out, record)
+    p = hyp.predictions[3]
+    np.testing.assert_allclose(data.predicted(copy_dir, p, key), data.predicted(run, p, key), rtol=1e-12)
+
+
+def test_unknown_metric_stops_at_the_first_step_and_lists_the_known(tmp_path, solidrl_cache, capsys):
+    hyp = tmp_path / "h.toml"
+    hyp.write_text(TINY.split("[[predict]]")[0].replace("steps = 3", "steps = 2")
+                   + '[[predict]]\nkind = "ab"\nmetric = "entropy/nonexistent"\ncompare = "direction"\n'
+                   + 'direction = "increase"\n')
+    assert check.main([str(hyp), "--quick", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert "field 'predict[0].metric': unknown metric 'entropy/nonexistent'" in err
+    assert "known: " in err and "entropy/token_mean" in err

@@ -160,3 +160,9 @@ def test_kernel_crosstalk_on_a_network_is_jvp_minus_tabular(llama):
     want = PREDICTORS.get("jvp")(st)["entropy/delta"] - PREDICTORS.get("tabular_sgd")(st)["entropy/delta"]
     assert gap == pytest.approx(want, rel=1e-12)
     assert abs(gap) > 1e-3 * abs(want) or want == 0  # a shared network does cross-talk
+    # the JVP on a subset of tokens (docs/contracts.md jvp_index): the tabular side is taken on the same tokens
+    idx = torch.tensor([0, 3, 4, 9])
+    sub = {**st, "jvp_cov": st["jvp_cov"][idx], "jvp_var": st["jvp_var"][idx], "jvp_index": idx}
+    tab_sub = {k: (v[idx] if v.dim() else v) for k, v in st.items() if not k.startswith("jvp")}
+    want_sub = PREDICTORS.get("jvp")(sub)["entropy/delta"] - PREDICTORS.get("tabular_sgd")(tab_sub)["entropy/delta"]
+    assert PREDICTORS.get("kernel_crosstalk")(sub)["entropy/crosstalk"] == pytest.approx(want_sub, rel=1e-12)

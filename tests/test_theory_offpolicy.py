@@ -56,12 +56,13 @@ def _lambdified(name, metric, **values):
 @pytest.mark.parametrize("m,s", [(0.0, 0.1), (-0.05, 0.3), (0.2, 1.0)])
 def test_clip_frac_predictor_equals_lambdified_derivation(m, s):
     st = gaussian_batch(m, s, 0)
-    got = PREDICTORS.get("clip_frac")(st, eps=0.2, eps_high=0.28)["ratio/clip_frac"]
+    got = PREDICTORS.get("clip_frac")(st, eps=0.2, eps_high=0.28)
     lr = st["log_ratio"]
-    want = _lambdified("clip_frac", "ratio/clip_frac", m=float(lr.mean()), s=float(lr.std(correction=0)),
-                       eps_low=0.2, eps_high=0.28, f_pos=float((st["adv"] > 0).double().mean()),
-                       f_neg=float((st["adv"] < 0).double().mean()))
-    assert got == pytest.approx(want, rel=1e-12)
+    fit = dict(m=float(lr.mean()), s=float(lr.std(correction=0)), eps_low=0.2, eps_high=0.28,
+               f_pos=float((st["adv"] > 0).double().mean()), f_neg=float((st["adv"] < 0).double().mean()))
+    assert set(got) == {"ratio/clip_frac", "ratio/clip_frac_high", "ratio/clip_frac_low"}
+    for metric in got:
+        assert got[metric] == pytest.approx(_lambdified("clip_frac", metric, **fit), rel=1e-12)
 
 
 @pytest.mark.parametrize("m,s", [(0.0, 0.1), (-0.05, 0.3), (0.2, 1.0)])
@@ -73,9 +74,12 @@ def test_clip_frac_matches_trainer_ppo_clip_by_monte_carlo(m, s):
     p = algos.PolicyLossParams(eps_low=0.2, eps_high=0.28)
     loss = algos.POLICY_LOSSES.get("ppo_clip")(logp[None], zeros[None], st["adv"][None], torch.ones(1, N_MC), p)
     loss.sum().backward()
-    observed = float(((logp.grad == 0) & (st["adv"] != 0)).double().mean())
-    pred = PREDICTORS.get("clip_frac")(st, eps=0.2, eps_high=0.28)["ratio/clip_frac"]
-    assert abs(pred - observed) < mc_tol(observed), (pred, observed)
+    clipped = (logp.grad == 0) & (st["adv"] != 0)
+    pred = PREDICTORS.get("clip_frac")(st, eps=0.2, eps_high=0.28)
+    for metric, side in (("ratio/clip_frac", st["adv"] != 0), ("ratio/clip_frac_high", st["adv"] > 0),
+                         ("ratio/clip_frac_low", st["adv"] < 0)):
+        observed = float((clipped & side).double().mean())
+        assert abs(pred[metric] - observed) < mc_tol(observed), (metric, pred[metric], observed)
 
 
 def test_clip_frac_fully_on_policy_is_zero():

@@ -50,6 +50,13 @@ _LATEX = {
 }
 
 
+def _text(s: str) -> str:
+    """Escape a plain string for LaTeX text mode (names and claims hold _ ^ # % &)."""
+    for ch, esc in (("_", r"\_"), ("^", r"\^{}"), ("#", r"\#"), ("%", r"\%"), ("&", r"\&")):
+        s = s.replace(ch, esc)
+    return s
+
+
 def _is_zero(expr: sp.Basic) -> bool:
     if isinstance(expr, sp.MatrixBase):
         return all(_is_zero(e) for e in expr)
@@ -84,9 +91,9 @@ class Derivation:
 
     def latex(self) -> str:
         names = dict(_LATEX)
-        parts = [rf"\textbf{{{self.name}}}:\quad " + sp.latex(self.statement, symbol_names=names)]
-        parts += [rf"\text{{{what}}}:\quad " + sp.latex(e, symbol_names=names) for what, e in self.steps]
-        parts += [rf"\text{{{k}}} = " + sp.latex(v, symbol_names=names) for k, v in self.result.items()]
+        parts = [rf"\textbf{{{_text(self.name)}}}:\quad " + sp.latex(self.statement, symbol_names=names)]
+        parts += [rf"\text{{{_text(what)}}}:\quad " + sp.latex(e, symbol_names=names) for what, e in self.steps]
+        parts += [rf"\text{{{_text(k)}}} = " + sp.latex(v, symbol_names=names) for k, v in self.result.items()]
         return "$$\\begin{gathered}" + r"\\[4pt]".join(parts) + r"\end{gathered}$$"
 
     def _repr_latex_(self) -> str:

@@ -72,7 +72,7 @@ def derive_softmax_expansion(V: int = 3) -> Derivation:
     h1 = -sm.cov(sm.logp, d)
     h2 = -(sm.var(d) + sm.cov(sm.logp, [x**2 for x in dc])) / 2
     k2, k3 = sm.var(d) / 2, sm.E([x**3 for x in dc]) / 6
-    a, u = sp.Function("pi"), sp.Symbol("v")
+    pi_f, u = sp.Function(r"\pi"), sp.Symbol("v")  # display-only symbols of the statement and steps
     dv_, dbar_ = sp.Symbol("d_v"), sp.Symbol(r"\bar d")
     logpi_f, dd = sp.Function(r"\log\pi"), sp.Function("d")
     return Derivation(
@@ -84,8 +84,8 @@ def derive_softmax_expansion(V: int = 3) -> Derivation:
                   eps**2 / 2 * Var(dd(u)) + eps**3 / 6 * sp.Symbol(r"\mathbb{E}(d-\bar d)^3") + O(eps**4)),
         ),
         steps=(
-            ("policy path", sp.Eq(a(u), sp.Symbol("p_v") * sp.exp(eps * dv_) / sp.Symbol(r"\sum_u p_u e^{\epsilon d_u}"))),
-            ("its derivative", sp.Eq(sp.Derivative(a(u), eps), a(u) * (dv_ - dbar_))),
+            ("policy path", sp.Eq(pi_f(u), sp.Symbol("p_v") * sp.exp(eps * dv_) / sp.Symbol(r"\sum_u p_u e^{\epsilon d_u}"))),
+            ("its derivative", sp.Eq(sp.Derivative(pi_f(u), eps), pi_f(u) * (dv_ - dbar_))),
             ("derivative of the mean", sp.Eq(sp.Derivative(dbar_, eps), Var(dd(u)))),
             ("KL as a cumulant generating function", sp.Eq(sp.Symbol("KL"), -eps * dbar_
                                                              + sp.log(sp.Symbol(r"\mathbb{E}_\pi e^{\epsilon d}")))),

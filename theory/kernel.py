@@ -22,7 +22,6 @@ from types import SimpleNamespace
 from typing import Mapping
 
 import sympy as sp
-import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
 

@@ -107,13 +107,14 @@ def derive_clip_frac() -> Derivation:
     """
     el, eh = sp.symbols("eps_low eps_high", positive=True)
     fp, fn = sp.symbols("f_pos f_neg", nonnegative=True)
-    closed = fp * (1 - Phi((sp.log(1 + eh) - m) / s)) + fn * Phi((sp.log(1 - el) - m) / s)
+    high, low = fp * (1 - Phi((sp.log(1 + eh) - m) / s)), fn * Phi((sp.log(1 - el) - m) / s)
+    closed = high + low
     integrated = fp * _tail(sp.log(1 + eh)) + fn * (1 - _tail(sp.log(1 - el)))
     return Derivation(
         name="clip_frac",
         statement=sp.Eq(sp.Symbol("clip_frac"), fp * sp.Symbol(r"P(r > 1+\epsilon_h)") + fn * sp.Symbol(r"P(r < 1-\epsilon_l)")),
         steps=(("Gaussian log-ratio", sp.Eq(sp.Symbol("X"), sp.Symbol(r"\mathcal{N}(m, s^2)"))),),
-        result={"ratio/clip_frac": closed},
+        result={"ratio/clip_frac": closed, "ratio/clip_frac_high": high, "ratio/clip_frac_low": low},
         residuals={"closed form = integral": (integrated - closed).subs(
             {el: 1 - sp.exp(sp.Symbol("log_1m_eps_low", real=True)), eh: sp.exp(sp.Symbol("log_1p_eps_high", real=True)) - 1})},
         source="Schulman et al. 2017 eq. 7; Yu et al. 2025 sec. 3.1",

@@ -161,11 +161,15 @@ def kernel_crosstalk(stats: Stats) -> dict[str, float]:
     """The kernel's cross-talk: entropy/crosstalk = jvp's entropy/delta - tabular_sgd's entropy/delta.
 
     What the network's shared parameters add to (or take from) the entropy change of the identity kernel.
-    Meaningful for an SGD step (tabular_sgd's rule). stats: those of jvp and tabular_sgd.
+    Meaningful for an SGD step (tabular_sgd's rule). stats: those of jvp and tabular_sgd; when `jvp_index`
+    [M] is present (the JVP ran on M of the N tokens) the tabular prediction is taken on those M tokens.
     Derivation: theory.kernel.derive_kernel_crosstalk (Ren & Sutherland, ICLR 2025, sec. 3).
     """
     (cov,) = _need(stats, "kernel_crosstalk", "jvp_cov")
-    return _present({"entropy/crosstalk": _mean(-cov - _tabular_sgd_entropy(stats, "kernel_crosstalk"))})
+    tab = _tabular_sgd_entropy(stats, "kernel_crosstalk")
+    if "jvp_index" in stats:  # the JVP ran on a subset of the tokens (docs/contracts.md, probes.max_states)
+        tab = tab[torch.as_tensor(stats["jvp_index"]).long()]
+    return _present({"entropy/crosstalk": _mean(-cov - tab)})
 
 
 @_predictor("grpo_gradnorm_ratio", derive_grpo_gradnorm_ratio)
@@ -222,7 +226,8 @@ def _log(x: float) -> float:
 def clip_frac(stats: Stats, eps: float = 0.2, eps_high: float | None = None) -> dict[str, float]:
     """Predicted fraction of tokens whose PPO clip is active, from the spread of the log-ratios.
 
-    ratio/clip_frac = f+ P(r > 1 + eps_high) + f- P(r < 1 - eps), log r ~ N(m, s^2) with m, s the mean and
+    ratio/clip_frac = f+ P(r > 1 + eps_high) + f- P(r < 1 - eps) (the two terms: ratio/clip_frac_high and
+    ratio/clip_frac_low, as docs/metrics.md defines them), log r ~ N(m, s^2) with m, s the mean and
     std of stats `log_ratio`, f+/f- the fractions of tokens with adv > 0 / adv < 0. Active = the clipped
     branch of min(rA, clip(r)A) is taken (the token's gradient is zeroed). eps_high defaults to eps
     (trainer PolicyLossParams: 0.2 / 0.2). The ratio modelled is the one whose log `log_ratio` holds
@@ -233,8 +238,9 @@ def clip_frac(stats: Stats, eps: float = 0.2, eps_high: float | None = None) -> 
     m, s = _gauss(stats, "clip_frac")
     (adv,) = _need(stats, "clip_frac", "adv")
     fp, fn = (adv > 0).double().mean(), (adv < 0).double().mean()
-    frac = fp * _tail(math.log1p(eh), m, s) + fn * (1 - _tail(_log(1 - eps), m, s))
-    return _present({"ratio/clip_frac": float(frac)})
+    high, low = fp * _tail(math.log1p(eh), m, s), fn * (1 - _tail(_log(1 - eps), m, s))
+    return _present({"ratio/clip_frac": float(high + low), "ratio/clip_frac_high": float(high),
+                     "ratio/clip_frac_low": float(low)})
 
 
 @_predictor("tis", derive_tis)

@@ -147,7 +147,7 @@ class ProbesConfig:
     jvp_every: int = 0
     """Run the JVP first-order predictor every N steps (0 = off; it costs about three forwards)."""
     max_states: int = 0
-    """Evaluate the expensive probes (JVP) on at most this many sequences (0 = all)."""
+    """Evaluate the expensive probes (the step and reference forwards, the JVP) on at most this many sequences (0 = all)."""
     save_stats: bool = True
     """Store the per-step batch statistics predictors need in run_dir/stats/."""
 

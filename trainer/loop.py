@@ -405,6 +405,10 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, next_step: int) -> None:
+        """Write checkpoint/state.pt atomically; weights with a NaN/Inf are not written (the last good
+        checkpoint stays, and the next step's guard records the collapse)."""
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            return
         d = self.out / "checkpoint"
         d.mkdir(exist_ok=True)
         tmp = d / "state.pt.tmp"

@@ -92,7 +92,7 @@ _NUM = r"(-?\d+(?:\.\d+)?)"
 _EQ = re.compile(r"=\s*[*$\\(]*\s*" + _NUM)
 _SAYS = re.compile(r"\b(?:is|equals?|equal to|makes|gives|results in|adds? up to)\s+"
                    r"(?:[A-Za-z]+\s+){0,2}?[*$\"']*" + _NUM, re.IGNORECASE)
-_LEAD = re.compile(r"\s*[*$]*" + _NUM + r"(?![\d.]*\d)(?:[\s.,!*$]|$)")
+_LEAD = re.compile(r"\s*[*$]*" + _NUM + r"(?![\d.]*\d)(?!\s*[-+*/×=])(?:[\s.,!*$]|$)")
 
 
 def stated_answer(text: str) -> float | None:
@@ -103,10 +103,10 @@ def stated_answer(text: str) -> float | None:
       1. the first '= N'                          '6 + 9 = 15. Then 15 + 1 = 16'  -> 15
       2. else the first 'is/equals/makes/gives/results in/add up to N' (up to two filler words)
                                                   '6 + 9 is actually 15.'          -> 15
-      3. else a response that opens with a number '11. A classic answer'           -> 11
+      3. else a response that opens with a number (not an expression)  '11. A classic answer' -> 11
     N may be negative or decimal ('= 11.5' -> 11.5, which no integer answer equals). Number words
     ('seven') are not read. Checked against hand labels of real SmolLM2-135M-Instruct outputs
-    (tests/fixtures/smollm2_chat_addition.jsonl), where `last_number` misreads rambling answers.
+    (tests/fixtures/smollm2_chat_addition.json), where `last_number` misreads rambling answers.
     """
     for rx in (_EQ, _SAYS):
         m = rx.search(text)
@@ -206,7 +206,7 @@ class ChatAddition(Task):
 
     a, b uniform in 1..9. The grader reads the result the answer states first (`stated_answer`), so
     '3 + 2 = 5', 'The answer is 5.' and '5' are right and '3 + 2 = 6. Or 5' is wrong; it is tested
-    on hand-labelled real SmolLM2-135M-Instruct outputs (tests/fixtures/smollm2_chat_addition.jsonl).
+    on hand-labelled real SmolLM2-135M-Instruct outputs (tests/fixtures/smollm2_chat_addition.json).
 
     grade_truncated = True, a departure from the perfect baseline: at 24 new tokens SmolLM2-135M
     states its answer and rambles on, and ~85% of its responses hit the budget (measured, 128
