@@ -12,6 +12,10 @@
                    loss/entropy_bonus in the rows
   no_staleness     offpolicy.staleness = 0, offpolicy.partial_versions = 1, and every token's  config,
                    lag is 0                                                                   offpolicy/version_lag_max
+  loss_terms       every loss term's logit gradient matches its formula (rel_err <= 1e-3)   loss_audit/*
+                   and the terms sum to the trainer's parameter gradient (probes/loss_audit.py)
+  consistency      log-probs of one batch agree under every micro-batch split and padding  consistency/logp_abs_max
+                   (<= 1e-5 nats: float32 summation order)
 
 A measured value beats the config where both exist; an item whose metric is absent from the rows
 says so and is judged on the config alone ("config only"). An item that can be judged neither way is
@@ -202,7 +206,14 @@ def audit_run(run_dir: str | Path, mismatch_max: float = MISMATCH_MAX,
     rows = _rows(d)
     return AuditResult(str(d), [
         _on_policy(cfg, rows), _mismatch(cfg, rows, mismatch_max), _truncation(rows, truncation_max),
-        _grader(cfg), _no_regularizers(cfg, rows), _no_staleness(cfg, rows)])
+        _grader(cfg), _no_regularizers(cfg, rows), _no_staleness(cfg, rows),
+        *_loss_audit_items(cfg, rows)])  # loss_terms, consistency (probes/loss_audit.py)
+
+
+def _loss_audit_items(cfg: TrainConfig, rows: list[dict]) -> list[AuditItem]:
+    from .loss_audit import audit_items
+
+    return audit_items(cfg, rows)
 
 
 @user_errors("solidrl audit")

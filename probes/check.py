@@ -173,9 +173,7 @@ def _run_one(hyp: Hypothesis, arm: str, seed: int, plan: Plan, out: Path, run_di
             sh.step(0)
         status = trainer.run()
         rec["status"], rec["reason"] = status["status"], status.get("reason")
-    except MetricMissing:
-        raise
-    except KeyboardInterrupt:
+    except MetricMissing:  # a mistake in the file, found on the first step: stop everything (exit 2)
         raise
     except Exception as e:  # a run that fails mid-way: keep its directory, say which and why
         rec["reason"] = f"{type(e).__name__}: {e}".splitlines()[0]
@@ -308,95 +306,90 @@ def _usable_seeds(data: RunData, arms: tuple[str, ...], notes: list[str]) -> lis
     return sorted(seeds or [])
 
 
+def _dirs(data: RunData, arm: str, seeds: list[int]) -> list[Path]:
+    return [data.out / data.runs(arm)[s]["dir"] for s in seeds]
+
+
+def _judge_per_step(p: Prediction, data: RunData, seeds: list[int], sl: slice, entry: dict) -> Judgement:
+    d = _dirs(data, p.arm, seeds)
+    pr = np.stack([data.predicted(x, p, p.pred_key) for x in d])[:, sl].ravel()
+    ob = np.stack([data.metric(x, p.metric) for x in d])[:, sl].ravel()
+    entry["_plot"] = {"type": "scatter", "predicted": pr.tolist(), "observed": ob.tolist(),
+                      "xlabel": p.pred_key, "ylabel": p.metric}
+    return judge_per_step(pr, ob, min_r=p.min_r, slope=p.slope, min_sign_agreement=p.min_sign_agreement,
+                          max_median_rel_error=p.max_median_rel_error)
+
+
+def _judge_trajectory(p: Prediction, data: RunData, seeds: list[int], sl: slice, entry: dict) -> Judgement:
+    d = _dirs(data, p.arm, seeds)
+    pr = np.stack([data.predicted(x, p, p.pred_key) for x in d])
+    ob = np.stack([data.metric(x, p.observed) for x in d])
+    # the predicted trajectory: the window's first observed value plus the accumulated one-step predictions
+    acc = ob[:, sl.start:sl.start + 1] + np.concatenate(
+        [np.zeros((len(seeds), 1)), np.nancumsum(pr[:, sl], 1)[:, :-1]], 1)
+    entry["_plot"] = {"type": "trajectory", "metric": p.observed, "start": sl.start, "predicted": acc.tolist(),
+                      "observed": ob.tolist(), "arm": p.arm, "pred_key": p.pred_key}
+    return judge_trajectory(pr[:, sl], ob[:, sl], allowed=p.ratio)
+
+
+def _judge_pair(p: Prediction, data: RunData, seeds: list[int], sl: slice, entry: dict,
+                notes: list[str]) -> tuple[Judgement, Optional[float]]:
+    """ab and counterfactual: treatment vs baseline, paired by seed and step. Returns (judgement, predictor value)."""
+    b_arm, t_arm = p.arms
+    d_b = _dirs(data, b_arm, seeds)
+    d_t = _dirs(data, t_arm, seeds) if p.kind == "ab" else [x / f"cf-{t_arm}" for x in d_b]
+    b = np.stack([data.metric(x, p.metric) for x in d_b])
+    t = np.stack([data.metric(x, p.metric) for x in d_t])
+    if p.kind == "counterfactual":
+        match = np.stack([data.metric(x, "counterfactual/batch_match") for x in d_t])
+        if (match == 0.0).any():
+            notes.append(f"{int((match == 0.0).sum())} step(s) whose batches differed between the two updates "
+                         "were left out")
+        b, t = np.where(match == 1.0, b, np.nan), np.where(match == 1.0, t, np.nan)
+        entry["pairs"] = int((match[:, sl] == 1.0).sum())
+    pval, pr = None, p.predicted
+    if pr.predictor:
+        pv = np.stack([data.predicted(x, p, p.pred_key) for x in d_b])[:, sl]
+        if not np.isfinite(pv).any():
+            raise LookupError(f"{p.pred_key} has no finite value in the window")
+        pval = entry["predictor_value"] = float(np.nanmean(pv))
+    allowed = allowed_interval(pr.compare, pr.direction, pval if pval is not None else pr.value, pr.tolerance)
+    stat = entry["stat"] = p.stat if p.kind == "ab" else "mean"
+    resample = entry["resample"] = p.resample if p.kind == "ab" else "seeds_and_steps"
+    if p.kind == "ab":
+        entry["_plot"] = {"type": "ab", "metric": p.metric, "arms": [b_arm, t_arm], "baseline": b.tolist(),
+                          "treatment": t.tolist(), "window": [sl.start, sl.stop]}
+    else:
+        entry["_plot"] = {"type": "cf", "metric": p.metric, "arms": [b_arm, t_arm],
+                          "baseline": b[:, sl].ravel().tolist(), "treatment": t[:, sl].ravel().tolist(),
+                          "compare": pr.compare, "value": pval if pval is not None else pr.value}
+    return judge_ab(b[:, sl], t[:, sl], compare=pr.compare, allowed=allowed, stat=stat, resample=resample), pval
+
+
 def judge_prediction(p: Prediction, data: RunData) -> dict[str, Any]:
     """Judge one prediction on the run data; returns its report entry (and plot data under '_plot')."""
     notes: list[str] = []
-    out, n = data.out, data.n
-    sl = window_slice(p, n)
+    sl = window_slice(p, data.n)
     entry: dict[str, Any] = {"index": p.index, "label": p.label, "kind": p.kind, "metric": p.metric,
                              "arms": list(p.arms_used()), "window": [sl.start, sl.stop], "note": p.note}
-    seeds = _usable_seeds(data, p.arms_used() if p.kind != "counterfactual" else p.arms[:1], notes)
-    entry["seeds"] = seeds
-
-    def fail(msg: str) -> dict:
-        notes.append(msg)
-        entry.update(verdict="inconclusive", criteria=[], notes=notes, predicted=_pred_text(p, None),
-                     observed="n/a")
-        return entry
-
-    if not seeds:
-        return fail("no usable run for this prediction")
+    seeds = entry["seeds"] = _usable_seeds(data, p.arms_used() if p.kind != "counterfactual" else p.arms[:1], notes)
+    pval = None
     try:
+        if not seeds:
+            raise LookupError("no usable run for this prediction")
         if p.kind == "per_step":
-            d = [out / data.runs(p.arm)[s]["dir"] for s in seeds]
-            pr = np.stack([data.predicted(x, p, p.pred_key) for x in d])[:, sl]
-            ob = np.stack([data.metric(x, p.metric) for x in d])[:, sl]
-            j = judge_per_step(pr.ravel(), ob.ravel(), min_r=p.min_r, slope=p.slope,
-                               min_sign_agreement=p.min_sign_agreement, max_median_rel_error=p.max_median_rel_error)
-            entry["_plot"] = {"type": "scatter", "predicted": pr.ravel().tolist(), "observed": ob.ravel().tolist(),
-                              "xlabel": p.pred_key, "ylabel": p.metric}
-            pval = None
+            j = _judge_per_step(p, data, seeds, sl, entry)
         elif p.kind == "trajectory":
-            d = [out / data.runs(p.arm)[s]["dir"] for s in seeds]
-            pr_full = np.stack([data.predicted(x, p, p.pred_key) for x in d])
-            ob_full = np.stack([data.metric(x, p.observed) for x in d])
-            j = judge_trajectory(pr_full[:, sl], ob_full[:, sl], allowed=p.ratio)
-            start = sl.start
-            acc = ob_full[:, start:start + 1] + np.concatenate(
-                [np.zeros((len(seeds), 1)), np.nancumsum(pr_full[:, sl], 1)[:, :-1]], 1)
-            entry["_plot"] = {"type": "trajectory", "metric": p.observed, "start": start,
-                              "predicted": acc.tolist(), "observed": ob_full.tolist(), "arm": p.arm,
-                              "pred_key": p.pred_key}
-            pval = None
+            j = _judge_trajectory(p, data, seeds, sl, entry)
         else:
-            b_arm, t_arm = p.arms
-            d_b = [out / data.runs(b_arm)[s]["dir"] for s in seeds]
-            if p.kind == "ab":
-                d_t = [out / data.runs(t_arm)[s]["dir"] for s in seeds]
-            else:
-                d_t = [x / f"cf-{t_arm}" for x in d_b]
-            b = np.stack([data.metric(x, p.metric) for x in d_b])
-            t = np.stack([data.metric(x, p.metric) for x in d_t])
-            if p.kind == "counterfactual":
-                match = np.stack([data.metric(x, "counterfactual/batch_match") for x in d_t])
-                ok = match == 1.0
-                bad = int(((match == 0.0)).sum())
-                if bad:
-                    notes.append(f"{bad} step(s) whose batches differed between the two updates were left out")
-                b, t = np.where(ok, b, np.nan), np.where(ok, t, np.nan)
-                entry["pairs"] = int(ok[:, sl].sum())
-            pval = None
-            if p.predicted.predictor:
-                key = p.pred_key
-                pv = np.stack([data.predicted(x, p, key) for x in d_b])[:, sl]
-                pval = float(np.nanmean(pv)) if np.isfinite(pv).any() else math.nan
-                if not math.isfinite(pval):
-                    return fail(f"{key} has no finite value in the window")
-            allowed = allowed_interval(p.predicted.compare, p.predicted.direction,
-                                       pval if pval is not None else p.predicted.value, p.predicted.tolerance)
-            stat = p.stat if p.kind == "ab" else "mean"
-            resample = p.resample if p.kind == "ab" else "seeds_and_steps"
-            j = judge_ab(b[:, sl], t[:, sl], compare=p.predicted.compare, allowed=allowed, stat=stat,
-                         resample=resample)
-            entry["stat"], entry["resample"] = stat, resample
-            if p.kind == "ab":
-                entry["_plot"] = {"type": "ab", "metric": p.metric, "arms": [b_arm, t_arm],
-                                  "baseline": b.tolist(), "treatment": t.tolist(), "window": [sl.start, sl.stop]}
-            else:
-                entry["_plot"] = {"type": "cf", "metric": p.metric, "arms": [b_arm, t_arm],
-                                  "baseline": b[:, sl].ravel().tolist(), "treatment": t[:, sl].ravel().tolist(),
-                                  "compare": p.predicted.compare,
-                                  "value": pval if pval is not None else p.predicted.value}
-            if pval is not None:
-                entry["predictor_value"] = pval
-    except LookupError as e:
-        return fail(str(e))
+            j, pval = _judge_pair(p, data, seeds, sl, entry, notes)
+    except LookupError as e:  # the data a prediction needs are not there: it cannot be judged
+        entry.update(verdict="inconclusive", criteria=[], notes=notes + [str(e).strip("'\"")],
+                     predicted=_pred_text(p, None), observed="n/a")
+        return entry
     jd = judgement_dict(j)
-    notes.extend(jd.pop("notes"))
-    entry.update(jd)
-    entry["notes"] = notes
-    entry["predicted"] = _pred_text(p, pval)
-    entry["observed"] = _obs_text(j)
+    jd["notes"] = notes + jd["notes"]
+    entry.update(jd, predicted=_pred_text(p, pval), observed=_obs_text(j))
     return entry
 
 

@@ -94,6 +94,11 @@ def cmd_train(args) -> int:
 
         attach(t)
         offpolicy.attach(t)  # after the recorder: it reuses the recorder's kl/step
+        from solidrl.probes import consistency, diagnostics, loss_audit
+
+        loss_audit.attach(t)
+        consistency.attach(t)
+        diagnostics.attach(t)
     status = t.run()
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     if rows:

@@ -191,9 +191,10 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
     status_p = d / "status.json"
     if status_p.exists() and (d / "config.json").exists():
         st = json.loads(status_p.read_text())
-        if st.get("status") in ("finished", "collapsed") and json.loads((d / "config.json").read_text()) == cfg.to_dict():
-            return {**rec, "status": st, "reused": True, "wall_s": 0.0}
-    t0 = time.perf_counter()
+        same = json.loads((d / "config.json").read_text()) == json.loads(cfg.to_json())
+        if st.get("status") in ("finished", "collapsed") and same:
+            return {**rec, "status": st, "reused": True, "wall_s": 0.0, "cpu_s": 0.0}
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         t = Trainer(cfg, d, progress=False)
         try:
@@ -209,7 +210,8 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
         st = {"status": "failed", "reason": f"{type(e).__name__}: {e}".splitlines()[0]}
         if d.exists():
             status_p.write_text(json.dumps(st, indent=2))
-    return {**rec, "status": st, "reused": False, "wall_s": round(time.perf_counter() - t0, 2)}
+    return {**rec, "status": st, "reused": False, "wall_s": round(time.perf_counter() - t0, 2),
+            "cpu_s": round(time.process_time() - c0, 2)}
 
 
 def _read_rows(d: Path) -> list[dict]:
@@ -461,15 +463,17 @@ def run_ladder(plan: Plan, out: str | Path, jobs: int = 1, progress: bool = True
         rec["summary"] = summarize(rec, out, plan.steps)
     table = aggregate(records, plan)
     wall = time.perf_counter() - t0
+    cpu = sum(r["cpu_s"] for r in records)
     result = {"plan": asdict(plan), "common_overrides": COMMON, "runs": records, "table": table,
-              "wall_s": round(wall, 1), "cpus": os.cpu_count(), "load_avg_start": round(load0, 2),
-              "load_avg_end": round(os.getloadavg()[0], 2), "jobs": jobs}
+              "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "cpus": os.cpu_count(),
+              "load_avg_start": round(load0, 2), "load_avg_end": round(os.getloadavg()[0], 2), "jobs": jobs}
     md = format_table(table)
     result["plots"] = write_plots(out, plan, records, table)
     (out / "ladder.json").write_text(json.dumps(result, indent=2))
     (out / "ladder.md").write_text(
         f"# solidrl ladder ({plan.mode}: {len(plan.seeds)} seed(s), {plan.steps} steps)\n\n{md}\n\n"
-        f"Wall time {wall:.0f} s on {os.cpu_count()} CPUs (load average {load0:.1f} at start), {jobs} job(s).\n"
+        f"Wall time {wall:.0f} s, CPU time of the runs {cpu:.0f} s, on {os.cpu_count()} CPUs (load average "
+        f"{load0:.1f} at start: other jobs share the machine when it exceeds the CPU count), {jobs} job(s).\n"
         "log-var = Var over loss tokens of log(pi_train/pi_rollout) (steady state); predictions from "
         "derive_ratio_decomposition (2 kl/step per step of lag) and the clip_frac predictor; see docs/ladder.md.\n")
     return result
@@ -492,7 +496,8 @@ def cmd_ladder(args) -> int:
     print(f"ladder ({plan.mode}): {n} runs of {plan.steps} steps -> {out}", file=sys.stderr)
     res = run_ladder(plan, out, jobs=args.jobs, progress=not args.quiet)
     print(format_table(res["table"]))
-    print(f"wall time {res['wall_s']:.0f} s; table {out / 'ladder.md'}, plots in {out / 'plots'}")
+    print(f"wall time {res['wall_s']:.0f} s (CPU time of the runs {res['cpu_s']:.0f} s, load average "
+          f"{res['load_avg_start']} on {res['cpus']} CPUs); table {out / 'ladder.md'}, plots in {out / 'plots'}")
     return 0
 
 

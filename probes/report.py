@@ -83,12 +83,22 @@ def print_table(result: dict[str, Any], console=None) -> None:
     s = result["summary"]
     console.print(Text(f"{s['confirmed']} confirmed, {s['refuted']} refuted, {s['inconclusive']} inconclusive"
                        f" ({result['mode']} mode: {result['steps']} steps, seeds {result['seeds']})"))
+    common, own = split_notes(result["predictions"])
+    for n in common:
+        console.print(Text(f"  note: {n}"))
     for e in result["predictions"]:
-        for n in e.get("notes", []):
+        for n in own[e["index"]]:
             console.print(Text(f"  note [{e['label']}]: {n}"))
     for r in result["runs"]:
         if r["status"] not in ("finished", "collapsed"):
             console.print(Text(f"run failed: {r['dir']}: {r['reason']}", style="red"))
+
+
+def split_notes(preds: list[dict]) -> tuple[list[str], dict[int, list[str]]]:
+    """Notes every prediction carries (said once), and each prediction's own."""
+    sets = [e.get("notes", []) for e in preds]
+    common = [n for n in (sets[0] if sets else []) if len(sets) > 1 and all(n in x for x in sets)]
+    return common, {e["index"]: [n for n in e.get("notes", []) if n not in common] for e in preds}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,13 +123,14 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {_md_escape(e['label'])} | {e['kind']} `{e['metric']}` | {_md_escape(e['predicted'])} | "
                      f"{_md_escape(e['observed'])} | **{e['verdict']}** |")
     lines.append("")
+    common, own = split_notes(r["predictions"])
+    lines += [f"Note (every prediction): {n}" for n in common] + ([""] if common else [])
     for e in r["predictions"]:
-        if e.get("notes") or e.get("note") or e.get("plot"):
+        if own[e["index"]] or e.get("note") or e.get("plot"):
             lines.append(f"### {e['label']}")
             if e.get("note"):
                 lines += ["", e["note"]]
-            for n in e.get("notes", []):
-                lines.append(f"- {n}")
+            lines += [""] * bool(own[e["index"]]) + [f"- {n}" for n in own[e["index"]]]
             if e.get("plot"):
                 lines += ["", f"![{e['label']}]({e['plot']})"]
             lines.append("")

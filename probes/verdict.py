@@ -35,6 +35,8 @@ testing corrections across predictions (each prediction is a separate claim of t
 from __future__ import annotations
 
 import math
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -117,6 +119,14 @@ def _percentile(samples: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(np.quantile(s, alpha)), float(np.quantile(s, 1.0 - alpha))
 
 
+@contextmanager
+def _quiet():
+    """An all-NaN resample is expected (a missing metric, a constant window): it becomes NaN, not a warning."""
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
 def rng(seed: int = RNG_SEED) -> np.random.Generator:
     return np.random.default_rng(seed)
 
@@ -127,7 +137,7 @@ def rng(seed: int = RNG_SEED) -> np.random.Generator:
 
 def _pairs_stats(p: np.ndarray, o: np.ndarray) -> dict[str, np.ndarray]:
     """Row-wise statistics of pair samples p, o: [B, N] -> each [B] (vectorized over bootstrap rows)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with _quiet():
         pm, om = p.mean(-1, keepdims=True), o.mean(-1, keepdims=True)
         dp, do = p - pm, o - om
         sxy, sxx, syy = (dp * do).sum(-1), (dp * dp).sum(-1), (do * do).sum(-1)
@@ -181,7 +191,7 @@ def judge_per_step(pred: np.ndarray, obs: np.ndarray, *, min_r: Optional[float] 
 
 def _per_seed(x: np.ndarray, stat: str) -> np.ndarray:
     """[..., S, T] -> [..., S]: final (last finite value), mean or auc (sum) over the steps."""
-    with np.errstate(invalid="ignore"):
+    with _quiet():
         if stat == "mean":
             return np.nanmean(x, -1)
         if stat == "auc":
@@ -197,7 +207,7 @@ def _per_seed(x: np.ndarray, stat: str) -> np.ndarray:
 
 def _contrast(b: np.ndarray, t: np.ndarray, compare: str) -> np.ndarray:
     """[..., S] per-seed statistics -> [...] treatment-vs-baseline contrast over seeds."""
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with _quiet():
         mb, mt = np.nanmean(b, -1), np.nanmean(t, -1)
         return mt / mb if compare == "ratio" else mt - mb
 
@@ -260,7 +270,7 @@ def _slopes(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Least-squares slope of y on x along the last axis, NaN-aware. y, x: [..., T]."""
     ok = np.isfinite(y) & np.isfinite(x)
     n = ok.sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with _quiet():
         xm = np.where(ok, x, 0).sum(-1) / n
         ym = np.where(ok, y, 0).sum(-1) / n
         dx = np.where(ok, x - xm[..., None], 0)
@@ -278,7 +288,7 @@ def judge_trajectory(pred_delta: np.ndarray, observed: np.ndarray, *, allowed: t
     p, o = np.atleast_2d(np.asarray(pred_delta, float)), np.atleast_2d(np.asarray(observed, float))
     S, T = o.shape
     steps = np.broadcast_to(np.arange(T, dtype=float), o.shape)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with _quiet():
         pred_rate = np.nanmean(p)
         obs_rate = np.nanmean(_slopes(o, steps))
         value = float(pred_rate / obs_rate)
@@ -288,7 +298,7 @@ def judge_trajectory(pred_delta: np.ndarray, observed: np.ndarray, *, allowed: t
     pb = np.take_along_axis(p[si], ti, -1)
     ob = np.take_along_axis(o[si], ti, -1)
     xb = np.take_along_axis(np.broadcast_to(steps, (n_boot, S, T)), ti, -1)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with _quiet():
         boot = np.nanmean(pb.reshape(n_boot, -1), -1) / np.nanmean(_slopes(ob, xb), -1)
     lo, hi = _percentile(boot, confidence)
     notes = []

@@ -152,13 +152,13 @@ def test_all_equal_rewards_give_advantage_at_rounding_level_for_rloo_and_dr_grpo
         assert (adv(name, r).abs() <= 8 * torch.finfo(r.dtype).eps * abs(c)).all(), name
 
 
-@pytest.mark.xfail(strict=True, reason="trainer/algos.py grpo: the mean's rounding error over std + 1e-6 "
-                                       "(both ~1e-8 in float32) gives all-equal groups a same-sign advantage")
-def test_grpo_all_equal_float32_group_gives_zero_advantage():
-    """16 rewards of 0.7 (float32): A should be 0, algos gives +0.056 to every sample (8 x 0.9: -0.056)."""
+def test_grpo_all_equal_float32_group_gives_exactly_zero_advantage():
+    """16 rewards of 0.7 (float32): the mean's rounding error (~1e-8) over std + 1e-6 (~1e-8) once gave
+    +0.056 to every sample; an all-equal group must give exactly 0 for every estimator."""
     for G, c in ((16, 0.7), (8, 0.9), (8, 0.1), (13, 8.038036346435547)):
-        a = adv("grpo", torch.full((1, G), c, dtype=torch.float32))
-        assert (a.abs() <= 1e-6).all(), (G, c, a[0, 0].item())
+        for name in ("grpo", "rloo", "dr_grpo"):
+            a = adv(name, torch.full((1, G), c, dtype=torch.float32))
+            assert (a == 0).all(), (name, G, c, a[0, 0].item())
 
 
 def _expected_gradient(name, logits, arm_reward, G):

@@ -84,6 +84,36 @@ def test_jvp_logit_change_matches_finite_difference(llama):
     assert (fd - dz).abs().max() < 1e-3 * dz.abs().max(), float((fd - dz).abs().max())
 
 
+def test_jvp_logit_change_with_left_padding_under_math_sdpa(llama):
+    """The recorder's path: SDPA attention forced to the math backend, left-padded rows (no NaN)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model = transformers.LlamaForCausalLM(llama.model.config.__class__(**{
+        **llama.model.config.to_dict(), "attn_implementation": "sdpa"})).double().eval()
+    model.load_state_dict(llama.model.state_dict())
+    mask = llama.mask.clone()
+    mask[0, :3] = 0  # left padding of row 0
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    g = torch.Generator().manual_seed(3)
+    delta = {n: 0.01 * torch.randn(p.shape, generator=g) for n, p in model.named_parameters()}
+    params = dict(model.named_parameters())
+
+    def logits(scale):
+        with torch.no_grad():
+            for n, d in delta.items():
+                params[n].add_(scale * d)
+            out = model(input_ids=llama.ids, attention_mask=mask, position_ids=pos).logits[llama.sel]
+            for n, d in delta.items():
+                params[n].sub_(scale * d)
+        return out
+
+    with sdpa_kernel(SDPBackend.MATH):
+        dz = kernel.jvp_logit_change(model, llama.ids, mask, pos, delta, llama.sel)
+        fd = (logits(1e-3) - logits(-1e-3)) / 2e-3
+    assert torch.isfinite(dz).all()
+    assert (fd - dz).abs().max() < 1e-3 * dz.abs().max()
+
+
 def test_jvp_logit_change_only_named_parameters_move(llama):
     name = "model.layers.1.mlp.down_proj.weight"
     delta = {name: torch.randn_like(dict(llama.model.named_parameters())[name])}

@@ -177,3 +177,9 @@ def test_a_metric_the_log_lacks_is_one_line_error(tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1
     assert re.search(r"predict\[0\]\.observed reads 'update/norm', which this trl log does not provide; "
                      r"no engine logs it", err)
+
+
+def test_every_mapped_name_is_in_the_metric_glossary():
+    glossary = (ROOT / "docs" / "metrics.md").read_text()
+    missing = sorted({n.target for n in logs.NAME_MAP if f"`{n.target}`" not in glossary})
+    assert not missing, f"mapped onto names docs/metrics.md does not define: {missing}"

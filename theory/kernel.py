@@ -136,7 +136,10 @@ def jvp_logit_change(model: nn.Module, input_ids: Tensor, attention_mask: Tensor
     """dz = J(s) . delta at the selected positions, by one forward-mode pass (torch.func.jvp).
 
     model: a causal LM whose forward takes input_ids, attention_mask, position_ids and returns `.logits`
-      [B, T, V]; it must use eager or math attention (forward-mode AD fails under CPU SDPA) and no dropout.
+      [B, T, V]; no dropout, and eager or math attention (forward-mode AD fails under CPU SDPA's fused
+      kernels: wrap the call in `torch.nn.attention.sdpa_kernel(SDPBackend.MATH)`). A float64 model with
+      eager attention and left padding gives NaN in transformers 5 (a padded query row sees no key and its
+      float32 softmax of -1.8e308 is NaN, which spreads); math SDPA or float32 does not.
     delta: parameter name -> tangent, a subset of `model.named_parameters()` (others have tangent 0).
     positions: bool [B, T], the logit rows to return (the rows that predict response tokens; rows after
       EOS carry garbage and must be left out).

@@ -72,6 +72,17 @@ def _rewards(rewards: Tensor) -> Tensor:
     return rewards if rewards.is_floating_point() else rewards.to(torch.get_default_dtype())
 
 
+def _group_centered(r: Tensor, dev: Tensor) -> Tensor:
+    """dev with exact zeros in groups whose rewards are all equal.
+
+    Why: in float32 the mean of G equal rewards is off by ~1 ulp, and GRPO divides that rounding
+    error by std + 1e-6 ~ 1e-8, turning a group with no signal into a same-sign advantage of
+    O(0.1) (e.g. 16 rewards of 0.7 gave +0.056 each). Such a group carries no information.
+    """
+    equal = (r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True))
+    return torch.where(equal, torch.zeros_like(dev), dev)
+
+
 @ADVANTAGES.register("grpo")
 def grpo(rewards: Tensor) -> Tensor:
     """GRPO group-normalized advantage.
@@ -87,7 +98,7 @@ def grpo(rewards: Tensor) -> Tensor:
     r = _rewards(rewards)
     mean = r.mean(dim=1, keepdim=True)
     std = r.std(dim=1, keepdim=True, correction=0)
-    return (r - mean) / (std + GRPO_STD_EPS)
+    return _group_centered(r, r - mean) / (std + GRPO_STD_EPS)
 
 
 @ADVANTAGES.register("rloo")
@@ -105,7 +116,7 @@ def rloo(rewards: Tensor) -> Tensor:
     if G < 2:
         raise ValueError(f"rloo needs at least 2 samples per prompt (leave-one-out), got group size G={G}")
     loo_mean = (r.sum(dim=1, keepdim=True) - r) / (G - 1)
-    return r - loo_mean
+    return _group_centered(r, r - loo_mean)
 
 
 @ADVANTAGES.register("dr_grpo")
@@ -117,7 +128,7 @@ def dr_grpo(rewards: Tensor) -> Tensor:
     (Dr. GRPO drops the 1/std(r) question-difficulty bias; its 1/|o_i| length bias is the aggregation's job).
     """
     r = _rewards(rewards)
-    return r - r.mean(dim=1, keepdim=True)
+    return _group_centered(r, r - r.mean(dim=1, keepdim=True))
 
 
 @ADVANTAGES.register("reinforce")

@@ -84,7 +84,8 @@ class CollapseDetector:
             if len(self.kl_history) >= KL_HISTORY_MIN:
                 base = float(np.median(self.kl_history))
                 if kl > r.collapse_kl_jump * base:
-                    return "kl_jump", (f"kl/step = {kl:.3g} is {kl / base if base > 0 else math.inf:.3g}x the median "
-                                       f"{base:.3g} of the {len(self.kl_history)} earlier steps (limit {r.collapse_kl_jump}x)")
+                    times = kl / base if base > 0 else math.inf
+                    return "kl_jump", (f"kl/step = {kl:.3g} is {times:.3g}x the median {base:.3g} of the "
+                                       f"{len(self.kl_history)} earlier steps (limit {r.collapse_kl_jump}x)")
             self.kl_history.append(kl)
         return None
