@@ -70,6 +70,7 @@ def bench_size(size: str, arms: list[str], steps: int, warmup: int, threads: int
             if step >= warmup:
                 times[arm].append(dt)
                 probe_s[arm].append(row.get("time/probes_s", 0.0))
+        print(f"  {size}: step {step + 1}/{steps + warmup} of {len(arms)} arms done", file=sys.stderr, flush=True)
     for d in dirs:
         d.cleanup()
     bare = times["bare"]

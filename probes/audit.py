@@ -15,7 +15,7 @@
   loss_terms       every loss term's logit gradient matches its formula (rel_err <= 1e-3)   loss_audit/*
                    and the terms sum to the trainer's parameter gradient (probes/loss_audit.py)
   consistency      log-probs of one batch agree under every micro-batch split and padding  consistency/logp_abs_max
-                   (<= 1e-5 nats: float32 summation order)
+                   (<= 1e-4 nats: float32 summation order)
 
 A measured value beats the config where both exist; an item whose metric is absent from the rows
 says so and is judged on the config alone ("config only"). An item that can be judged neither way is
@@ -36,7 +36,8 @@ from solidrl.trainer.config import ConfigError, TrainConfig, config_from_dict
 
 from .cli import command, user_errors
 
-__all__ = ["AuditItem", "AuditResult", "audit_run", "grader_accuracy", "MISMATCH_MAX", "TRUNCATION_MAX"]
+__all__ = ["AuditItem", "AuditResult", "audit_run", "audit_arm", "grader_accuracy", "MISMATCH_MAX",
+           "TRUNCATION_MAX"]
 
 MISMATCH_MAX = 1e-3
 """nats. float32 sampling with a KV cache vs the trainer's full forward differs by ~3e-5 at most on the
@@ -214,6 +215,22 @@ def _loss_audit_items(cfg: TrainConfig, rows: list[dict]) -> list[AuditItem]:
     from .loss_audit import audit_items
 
     return audit_items(cfg, rows)
+
+
+def audit_arm(out: str | Path, runs: list[dict], arm: str) -> dict[str, Any]:
+    """Audit every run of `arm` in a probe-check record (runs: plan.json's "runs", dirs relative to out).
+
+    Returns {"arm", "runs": {dir: AuditResult.to_dict()}, "failed": the item names any run failed, "note":
+    a one-line warning for the report when some item failed, else None}. Runs without a directory are skipped.
+    """
+    res = {r["dir"]: audit_run(Path(out) / r["dir"]).to_dict() for r in runs
+           if r["arm"] == arm and (Path(out) / r["dir"] / "config.json").exists()}
+    failed = sorted({n for a in res.values() for n in a["failed"]})
+    detail = "; ".join(f"{i['name']}: {i['measured']}" for a in res.values() for i in a["items"]
+                       if i["passed"] is False and i["name"] in failed)
+    note = (f"baseline arm {arm!r} fails the perfect-baseline audit ({', '.join(failed)}): {detail}"
+            if failed else None)
+    return {"arm": arm, "runs": res, "failed": failed, "note": note}
 
 
 @user_errors("solidrl audit")

@@ -65,6 +65,9 @@ def _attach_probes(trainer) -> bool:
             return False
         raise
     recorder.attach(trainer)
+    from . import offpolicy
+
+    offpolicy.attach(trainer)  # rollout_ratio/*, correction/*, token lags; after the recorder (reuses kl/step)
     return True
 
 
@@ -141,10 +144,10 @@ class Shadow:
             self.rows.flush()
         self.step(k + 1)
 
-    def close(self) -> None:
+    def close(self, status: str) -> None:
         self.rows.close()
         (self.t.out / "status.json").write_text(json.dumps(
-            {"status": "finished", "steps": self.total, "batch_matches": self.matches}, indent=2))
+            {"status": status, "steps": self.total, "batch_matches": self.matches}, indent=2))
 
 
 def _run_one(hyp: Hypothesis, arm: str, seed: int, plan: Plan, out: Path, run_dir: Path,
@@ -181,7 +184,7 @@ def _run_one(hyp: Hypothesis, arm: str, seed: int, plan: Plan, out: Path, run_di
             (run_dir / "status.json").write_text(json.dumps({"status": "failed", "reason": rec["reason"]}, indent=2))
     finally:
         for b, sh in shadows:
-            sh.close()
+            sh.close(rec["status"])
             rec["counterfactual"].append({"treatment": b, "dir": str(sh.t.out.relative_to(out)),
                                           "steps": sh.total, "batch_matches": sh.matches})
     rec["wall_s"] = round(time.perf_counter() - t0, 2)
@@ -338,6 +341,10 @@ def _judge_pair(p: Prediction, data: RunData, seeds: list[int], sl: slice, entry
     b_arm, t_arm = p.arms
     d_b = _dirs(data, b_arm, seeds)
     d_t = _dirs(data, t_arm, seeds) if p.kind == "ab" else [x / f"cf-{t_arm}" for x in d_b]
+    missing = [str(x.relative_to(data.out)) for x in d_t if not (x / "metrics.jsonl").exists()]
+    if missing:
+        raise LookupError(f"no rows in {', '.join(missing)} (these runs were made without this pair; "
+                          "rerun without --from-run)")
     b = np.stack([data.metric(x, p.metric) for x in d_b])
     t = np.stack([data.metric(x, p.metric) for x in d_t])
     if p.kind == "counterfactual":
@@ -433,13 +440,19 @@ def judge_all(hyp: Hypothesis, out: Path, record: dict) -> dict[str, Any]:
     failed = [r for r in record["runs"] if r["status"] not in USABLE]
     code = 0 if counts["confirmed"] == len(preds) and not failed else 1
     runs = [dict(r, abs_dir=str((out / r["dir"]).resolve())) for r in record["runs"]]
+    from .audit import audit_arm
+
+    audit = audit_arm(out, record["runs"], hyp.arm_names[0])  # warn when the baseline is not the perfect one
+    for e in preds:
+        if audit["note"] and audit["arm"] in e["arms"]:
+            e.setdefault("notes", []).append(audit["note"])
     return {"hypothesis": {"name": hyp.name, "file": hyp.file, "claim": hyp.claim.strip(),
                            "derivation": hyp.derivation.strip(), "references": list(hyp.references),
                            "expected": hyp.expected.strip()},
             "mode": record.get("mode", "default"), "steps": record["steps"], "seeds": record["seeds"],
             "overrides": record.get("overrides", {}), "arms": {a: dict(o) for a, o in hyp.arms},
             "runs": runs, "failed_runs": [r["dir"] for r in failed],
-            "predictions": preds, "summary": counts, "exit_code": code,
+            "predictions": preds, "summary": counts, "exit_code": code, "audit": audit,
             "method": {"confidence": 0.90, "bootstrap_resamples": 2000,
                        "rng_seed": 20250101, "interval": "percentile"}}
 
@@ -556,6 +569,8 @@ def run_check(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     report.write(result, out, plots=not args.no_plots)
     report.print_table(result)
+    if not args.quiet:
+        print(f"report: {out / 'report.md'}", file=sys.stderr)
     return result["exit_code"]
 
 

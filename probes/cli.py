@@ -175,7 +175,8 @@ def _load_extensions() -> None:
     """Subcommands defined in other modules register themselves on import."""
     import importlib
 
-    for mod in ("solidrl.probes.audit", "solidrl.probes.ladder", "solidrl.probes.transfer"):
+    for mod in ("solidrl.probes.audit", "solidrl.probes.ladder", "solidrl.probes.transfer",
+                "solidrl.probes.leadtime"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -15,7 +15,9 @@ At step_end of every probed step:
                               x_t = log q(a_t) - log pi_old(a_t), q the sampler's processed distribution
                               (temperature, top-k, top-p applied to pi_old's logits, as the sampler does):
                               mean (the systematic part: -log of the kept mass, the same for every ratio)
-                              and population std over response tokens. Logged only when the sampler
+                              and population std over the fresh response tokens (sampled by the current
+                              weights: lag 0; under staleness the others came from another policy, whose
+                              processing pi_old's logits cannot give). Logged only when the sampler
                               processes the logits (T != 1, top_k > 0 or top_p < 1): a sampler that reports
                               log-probs of the truncated distribution biases every ratio by this offset (TRL #6789)
 
@@ -79,14 +81,17 @@ class Diagnostics:
         row.update({f"response/{k}": v for k, v in length_by_outcome(ro.lengths, ctx.correct).items()})
         r = ctx.cfg.rollout
         sel = ro.response_mask > 0
+        if ctx.token_version is not None:  # fresh tokens only: there pi_old is the sampler's own policy
+            sel = sel & (ctx.token_version == ctx.version)
         if (r.temperature != 1.0 or r.top_k or r.top_p < 1.0) and sel.any():
             z = ctx.old_logits[sel]
             ids = ro.response_ids[sel].unsqueeze(-1)
             q = sampling_logprobs(z, r.temperature, r.top_k, r.top_p).gather(-1, ids).squeeze(-1).to(F64)
             p = torch.log_softmax(z.to(F64), -1).gather(-1, ids).squeeze(-1)
-            x = q - p
-            row["mismatch/sampler_logp_offset_mean"] = float(x.mean())
-            row["mismatch/sampler_logp_offset_std"] = float(x.std(correction=0))
+            x = (q - p)[torch.isfinite(q)]  # a token outside pi_old's top-k/p set (float32 ties) has q = 0
+            if x.numel():
+                row["mismatch/sampler_logp_offset_mean"] = float(x.mean())
+                row["mismatch/sampler_logp_offset_std"] = float(x.std(correction=0))
         ctx.metrics.update(row)
 
 

@@ -112,8 +112,11 @@ QUICK = {
     "seeds": [0], "steps": 16,
     "overrides": {"rollout.prompts_per_step": 16, "rollout.group_size": 8},
 }
-FULL = {"rungs": list(RUNGS), "fix_on": [n for n in RUNGS if n != "baseline"], "seeds": [0, 1, 2], "steps": 40,
-        "overrides": {}}
+FULL = {"rungs": list(RUNGS),
+        "fix_on": ["staleness=2", "staleness=4", "staleness=8", "partial=3", "bf16", "noise=1.0", "epochs=4",
+                   "minibatches=4"],
+        "seeds": [0, 1, 2], "steps": 40, "overrides": {}}
+"""The full ladder: every rung, the fixes on the worst rung of each kind, 3 seeds, the default batch (64 x 8)."""
 
 
 @dataclass
@@ -407,9 +410,11 @@ def write_plots(out: Path, plan: Plan, records: list[dict], table: list[dict]) -
         lo = [r["logvar_pred"] if r["logvar_pred"] is not None else np.nan for r in rows]
         hi = [r["logvar_pred_coherent"] if r["logvar_pred_coherent"] is not None else np.nan for r in rows]
         ax.vlines(x, lo, hi, color="C1", lw=6, alpha=0.5, label="predicted [independent, aligned steps]")
+        ax.plot(np.r_[x, x], np.r_[lo, hi], "_", color="C1", ms=14, mew=2)
         ax.plot(x, obs, "o", color="C0", label="observed")
         ax.set_xticks(x, [r["rung"] for r in rows], rotation=45, ha="right", fontsize=8)
         ax.set_yscale("symlog", linthresh=1e-4)
+        ax.set_ylim(bottom=0)
         ax.set_ylabel("Var log(pi_train / pi_rollout)")
         ax.legend(fontsize=8)
         fig.tight_layout()

@@ -59,10 +59,11 @@ float32 (the trainer's), the formula float64: agreement is ~1e-7 on the nano mod
 term is off by O(1) (zero: 1, wrong sign: 2)."""
 SAMPLER_OFFSET_TOL = 1e-3
 """nats: the same bar as the audit's mismatch item."""
-CONSISTENCY_TOL = 1e-5
+CONSISTENCY_TOL = 1e-4
 """nats. Largest |log pi(a)| difference between recomputations of one batch under other micro-batch splits
-and left paddings (probes/consistency.py). float32 matmuls of another batch shape sum in another order:
-~1e-6 on CPU (measured); a real bug (a wrong position id, an attention mask off by one) is >= 1e-2."""
+and left paddings (probes/consistency.py). float32 matmuls of another batch shape may sum in another order:
+on CPU (nano, 256 sequences) 0 on 25 of 26 steps and 5.6e-6 on one (measured), so 1e-4 leaves a 20x margin;
+a real bug (a wrong position id, an attention mask off by one) is >= 1e-2."""
 
 
 # ----------------------------------------------------------------------------------------------

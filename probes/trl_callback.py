@@ -356,7 +356,7 @@ class SolidrlCallback(TrainerCallback):
         rec.after_backward(ctx)
 
     def on_step_end(self, args, state, control, **kw):
-        ctx, self._ctx = self._ctx, None
+        ctx, self._ctx, self._logp = self._ctx, None, None
         if ctx is None:
             return
         tr = self.trainer

@@ -8,11 +8,12 @@ from solidrl.probes.audit import audit_run, grader_accuracy
 from solidrl.probes.cli import main
 from solidrl.trainer.config import TrainConfig, apply_overrides
 
-ITEMS = ["on_policy", "mismatch", "truncation", "grader", "no_regularizers", "no_staleness"]
+ITEMS = ["on_policy", "mismatch", "truncation", "grader", "no_regularizers", "no_staleness",
+         "loss_terms", "consistency"]  # the last two: probes/loss_audit.py
 
 
 def train_cli(out, **over):
-    sets = [x for k, v in tiny_overrides(**over).items() for x in ("--set", f"{k}={v}")]
+    sets = [x for k, v in tiny_overrides(**{"run.steps": 2, **over}).items() for x in ("--set", f"{k}={v}")]
     assert main(["train", "--quiet", "--out", str(out), *sets]) == 0
 
 
@@ -29,13 +30,13 @@ def test_the_default_run_passes_every_item_with_measured_values(runs):
     assert res.passed and [i.name for i in res.items] == ITEMS
     assert all(i.passed for i in res.items)
     assert all(i.source.startswith("measured") for i in res.items)  # the probes' rows were there
-    assert "max|r-1| = 0 over 3 steps" in res.item("on_policy").measured
+    assert "max|r-1| = 0 over 2 steps" in res.item("on_policy").measured
 
 
 def test_staleness_two_fails_naming_the_item(runs, capsys):
     res = audit_run(runs / "stale")
     assert res.failed == ["no_staleness"]
-    assert "max lag 2" in res.item("no_staleness").measured
+    assert "max lag 1" in res.item("no_staleness").measured  # 2 steps: the lag reaches 1 of the 2
     assert main(["audit", str(runs / "stale"), "--json", str(runs / "stale.json")]) == 1
     out = capsys.readouterr().out
     assert "FAIL (no_staleness)" in out
@@ -71,3 +72,14 @@ def test_a_directory_that_is_not_a_run_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["audit", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("solidrl audit: error:") and "\n" not in err
+
+
+def test_probe_check_gets_a_note_when_the_baseline_arm_fails(runs):
+    from solidrl.probes.audit import audit_arm
+
+    record = [{"arm": "baseline", "dir": "stale", "seed": 0}, {"arm": "treatment", "dir": "default", "seed": 0},
+              {"arm": "baseline", "dir": "missing", "seed": 1}]  # a run that left no directory is skipped
+    res = audit_arm(runs, record, "baseline")
+    assert list(res["runs"]) == ["stale"] and res["failed"] == ["no_staleness"]
+    assert res["note"].startswith("baseline arm 'baseline' fails the perfect-baseline audit (no_staleness)")
+    assert audit_arm(runs, [{"arm": "baseline", "dir": "default", "seed": 0}], "baseline")["note"] is None

@@ -81,12 +81,23 @@ def _strip(report: dict) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, solidrl_cache):
-    d = tmp_path_factory.mktemp("probe_check")
-    hyp = d / "tiny.toml"
-    hyp.write_text(TINY)
-    out = d / "out"
-    code = check.main([str(hyp), "--out", str(out), "--quiet"])
-    return code, out, hyp
+    """One live probe-check run, shared by the tests below and, under pytest-xdist, by all workers
+    (the base temp dir's parent is common to them; a file lock makes the first worker run it)."""
+    import os
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this session's folder, common to its workers (never an earlier session's)
+    d = root / "probe_check_live"
+    d.mkdir(exist_ok=True)
+    hyp, out, done = d / "tiny.toml", d / "out", d / "exit_code"
+    with FileLock(str(d) + ".lock"):
+        if not done.exists():
+            hyp.write_text(TINY)
+            done.write_text(str(check.main([str(hyp), "--out", str(out), "--quiet"])))
+    return int(done.read_text()), out, hyp
 
 
 def test_live_run_writes_a_report_with_a_verdict_per_prediction(live):

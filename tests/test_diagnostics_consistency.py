@@ -72,3 +72,18 @@ def test_zero_signal_split_worked_example():
     lengths = torch.tensor([3.0, 5.0, 2.0, 6.0, 6.0, 6.0, 4.0, 1.0])
     assert length_by_outcome(lengths, correct) == {"length_correct_mean": 4.0, "length_wrong_mean": 4.2}
     assert length_by_outcome(lengths[:2], correct[:2]) == {"length_correct_mean": 4.0}  # absent, never 0
+
+
+def test_top_p_sampler_offset_is_the_systematic_part_of_the_ratio_and_fails_the_audit(tmp_path):
+    from conftest import read_rows, tiny_overrides
+    from solidrl.probes.audit import audit_run
+    from solidrl.probes.cli import main
+
+    over = tiny_overrides(**{"run.steps": 1, "rollout.top_p": 0.9, "probes.groups": "adv", "probes.save_stats": "false"})
+    assert main(["train", "--quiet", "--out", str(tmp_path), *[x for k, v in over.items() for x in ("--set", f"{k}={v}")]]) == 0
+    (r,) = read_rows(tmp_path)
+    # fresh tokens, float32 sampler: the whole mean log-ratio is the top-p offset -log(kept mass) > 0
+    assert r["mismatch/sampler_logp_offset_mean"] > 0
+    assert abs(r["mismatch/sampler_logp_offset_mean"] + r["rollout_ratio/log_mean"]) < 1e-5
+    item = audit_run(tmp_path).item("sampler_offset")
+    assert item.passed is False and "nats" in item.measured

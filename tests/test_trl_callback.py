@@ -21,6 +21,16 @@ CONTRACT_STATS = {"logp", "entropy", "sum_p2", "sum_p2_logp", "coef", "adv", "se
                   "length", "truncated", "group_index", "lr", "group_size", "vocab_size", "update_norm", "grad_norm"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread per test process: the suite runs 2 xdist workers on 2 cores, and TRL's many small
+    ops under oversubscribed threads run several times slower than on one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _load(path: Path, name: str):
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
@@ -111,7 +121,7 @@ def test_losses_entropy_and_grad_norm_agree_on_identical_inputs(solidrl_cache):
     from solidrl.trainer.loop import Trainer
 
     bench = _load(ROOT / "bench" / "vs_trl.py", "vs_trl")
-    cfg = apply_overrides(TrainConfig(), {"rollout.prompts_per_step": 8, "rollout.group_size": bench.GROUP,
+    cfg = apply_overrides(TrainConfig(), {"rollout.prompts_per_step": 4, "rollout.group_size": bench.GROUP,
                                           "probes.enabled": False, "run.steps": 1})
     import tempfile
 
@@ -143,3 +153,34 @@ def test_plain_grpotrainer_with_the_callback_is_refused(solidrl_cache, tmp_path)
                      callbacks=[SolidrlCallback(tmp_path / "sr")])
     with pytest.raises(TypeError, match="needs SolidrlGRPOTrainer"):
         tr.train()
+
+
+def test_the_subclass_trains_as_trl_does(solidrl_cache, tmp_path):
+    """Same seed and data: SolidrlGRPOTrainer's first step logs what plain GRPOTrainer's does (the unfused
+    forward of a probed step changes rounding only); an unprobed step (probes.every = 2) writes the loop's keys."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    from solidrl.probes.trl_callback import SolidrlCallback, SolidrlGRPOTrainer, task_dataset, task_reward
+    from solidrl.trainer.config import TrainConfig
+    from solidrl.trainer.model import load_pretrained
+    from solidrl.trainer.sft import cold_start
+
+    d = str(cold_start(TrainConfig(), progress=False))
+    firsts = []
+    for cls, cbs in ((GRPOTrainer, []), (SolidrlGRPOTrainer, [SolidrlCallback(tmp_path / "sr", probes={"every": 2})])):
+        model, tok = load_pretrained(d)
+        args = GRPOConfig(output_dir=str(tmp_path / cls.__name__), use_cpu=True, bf16=False,
+                          per_device_train_batch_size=32, num_generations=4, max_completion_length=6, max_steps=2,
+                          logging_steps=1, shuffle_dataset=False, seed=3, report_to=[], save_strategy="no",
+                          disable_tqdm=True)
+        tr = cls(model=model, reward_funcs=[task_reward("addition", tok.eos_token_id)], args=args,
+                 train_dataset=task_dataset("addition", tok, 8, 3), processing_class=tok, callbacks=cbs)
+        tr.train()
+        firsts.append(tr.state.log_history[0])
+    plain, ours = firsts
+    assert ours["reward"] == plain["reward"] and ours["completions/mean_length"] == plain["completions/mean_length"]
+    for k in ("loss", "grad_norm", "entropy"):
+        assert ours[k] == pytest.approx(plain[k], rel=1e-5, abs=1e-8), k
+    rows = [json.loads(x) for x in (tmp_path / "sr" / "metrics.jsonl").read_text().splitlines()]
+    assert "entropy/token_mean" in rows[0] and "entropy/token_mean" not in rows[1]
+    assert {"reward/mean", "reward/accuracy", "grad/norm", "loss"} <= set(rows[1])
