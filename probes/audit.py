@@ -34,6 +34,7 @@ from typing import Any, Optional
 
 from solidrl.trainer.config import ConfigError, TrainConfig, config_from_dict
 
+from .check import read_rows
 from .cli import command, user_errors
 
 __all__ = ["AuditItem", "AuditResult", "audit_run", "audit_arm", "grader_accuracy", "MISMATCH_MAX",
@@ -83,18 +84,6 @@ class AuditResult:
             res = {True: "pass", False: "FAIL", None: "n/a"}[i.passed]
             lines.append(f"  {i.name:16s} {res:6s} {i.measured:{w}s}  {i.required} [{i.source}]")
         return "\n".join(lines)
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    p = run_dir / "metrics.jsonl"
-    rows = []
-    for line in (p.read_text().splitlines() if p.exists() else []):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a run killed mid-write: the complete rows count
-    return rows
 
 
 def _values(rows: list[dict], key: str) -> list[float]:
@@ -204,7 +193,7 @@ def audit_run(run_dir: str | Path, mismatch_max: float = MISMATCH_MAX,
         cfg = config_from_dict(json.loads(cfg_path.read_text()))
     except json.JSONDecodeError as e:
         raise ConfigError(f"{cfg_path}: not valid JSON ({e})") from None
-    rows = _rows(d)
+    rows = read_rows(d)
     return AuditResult(str(d), [
         _on_policy(cfg, rows), _mismatch(cfg, rows, mismatch_max), _truncation(rows, truncation_max),
         _grader(cfg), _no_regularizers(cfg, rows), _no_staleness(cfg, rows),

@@ -29,7 +29,8 @@ RESAMPLES = ("seeds", "seeds_and_steps")
 # Fields that decide the sampled batch: a counterfactual pair must agree on all of them so that the
 # two updates start from the same weights AND the same tokens.
 SAMPLING_SECTIONS = ("model", "task", "rollout", "sft", "run")
-SAMPLING_FIELDS = ("offpolicy.staleness", "offpolicy.rollout_dtype", "offpolicy.logit_noise")
+SAMPLING_FIELDS = ("offpolicy.staleness", "offpolicy.partial_versions", "offpolicy.rollout_dtype",
+                   "offpolicy.logit_noise")
 # [run] keys that map to one trainer field each (the rest of the trainer is reachable by [run.set]).
 RUN_SHORTCUTS = {"task": "task.name", "model": "model.size", "prompts_per_step": "rollout.prompts_per_step",
                  "group_size": "rollout.group_size", "max_new_tokens": "task.max_new_tokens",

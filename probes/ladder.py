@@ -43,6 +43,7 @@ import numpy as np
 
 from solidrl.trainer.config import ConfigError, TrainConfig, apply_overrides, parse_set_args, validate
 
+from .check import read_rows, series  # the run-directory readers probe-check uses
 from .cli import command, user_errors
 
 __all__ = ["Rung", "Fix", "RUNGS", "FIXES", "Plan", "build_plan", "run_ladder", "QUICK", "FULL"]
@@ -217,28 +218,6 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
             "cpu_s": round(time.process_time() - c0, 2)}
 
 
-def _read_rows(d: Path) -> list[dict]:
-    p = d / "metrics.jsonl"
-    rows = []
-    for line in (p.read_text().splitlines() if p.exists() else []):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
-
-
-def series(rows: list[dict], key: str, n: int) -> np.ndarray:
-    """[n] values of key by step, NaN where absent."""
-    x = np.full(n, np.nan)
-    for r in rows:
-        v, s = r.get(key), r.get("step")
-        if isinstance(s, int) and 0 <= s < n and isinstance(v, (int, float)) and not isinstance(v, bool):
-            x[s] = float(v)
-    return x
-
-
 def _nanmean(x: np.ndarray) -> Optional[float]:
     x = x[np.isfinite(x)]
     return float(x.mean()) if x.size else None
@@ -259,7 +238,7 @@ SUMMARY_KEYS = {
 
 def summarize(rec: dict[str, Any], out: Path, steps: int) -> dict[str, Any]:
     """Per-run numbers of the table from its rows and status."""
-    rows = _read_rows(out / rec["dir"])
+    rows = read_rows(out / rec["dir"])
     warm = RUNGS[rec["rung"]].warm
     st = rec["status"]
     s: dict[str, Any] = {"collapse_step": st.get("step") if st.get("status") == "collapsed" else None,
@@ -322,7 +301,7 @@ def format_table(table: list[dict[str, Any]]) -> str:
 
 
 def _mean_series(out: Path, records: list[dict], rung: str, fix: str, key: str, n: int) -> Optional[np.ndarray]:
-    xs = [series(_read_rows(out / r["dir"]), key, n) for r in records if r["rung"] == rung and r["fix"] == fix]
+    xs = [series(read_rows(out / r["dir"]), key, n) for r in records if r["rung"] == rung and r["fix"] == fix]
     if not xs:
         return None
     x = np.vstack(xs)

@@ -4,10 +4,11 @@ Default = the perfect baseline (config.py): one optimizer step per rollout batch
 old log-probs are the trainer's own `logp.detach()` from the same forward (so the importance ratio
 is exactly 1, bit for bit), AdamW, no grad clipping, no KL, no entropy bonus.
 
-When an off-policy knob is on (mini-batches, epochs, staleness, low-precision or noisy rollout)
-the trainer first runs one no-grad forward over the whole batch to get pi_old, the policy before
-this step's first update; ratios are then pi / pi_old and the off-policy correction weights use
-pi_old / pi_rollout.
+When an off-policy knob is on (mini-batches, epochs, staleness, partial rollouts, low-precision or
+noisy rollout) the trainer first runs one no-grad forward over the whole batch to get pi_old, the
+policy before this step's first update; ratios are then pi / pi_old and the off-policy correction
+weights use pi_old / pi_rollout. Every token keeps the optimizer-update count of the weights that
+sampled it (Rollout.token_version; its lag is StepContext.version - token_version).
 
 Hook points (the trainer imports nothing from probes; anything may attach):
   after_rollout         ctx has the rollout, rewards, advantages, old logits, mask
