@@ -49,20 +49,24 @@ def _chunks(n: int, V: int, chunk_elements: int) -> Iterable[slice]:
     return (slice(i, min(i + step, n)) for i in range(0, n, step))
 
 
-def _plogp(p: Tensor, logp: Tensor) -> Tensor:
-    """p log p with 0 log 0 = 0 (a -inf logit is a banned token, not a NaN)."""
-    return torch.where(p > 0, p * logp, torch.zeros((), dtype=p.dtype, device=p.device))
+# The helpers below work in place where they can: each fresh [N, V] float64 temporary costs page
+# faults on CPU (the allocator does not cache), which dominated these functions before.
 
 
-def _kl_rows(p: Tensor, lp: Tensor, q: Tensor, lq: Tensor) -> Tensor:
-    """KL(p || q) per row as a sum of nonnegative terms, so rounding can never make it negative.
+def _plogp_sum(p: Tensor, logp: Tensor) -> Tensor:
+    """sum_v p_v log p_v per row, with 0 log 0 = 0 (a -inf logit is a banned token, not a NaN)."""
+    return (p * logp).masked_fill_(p == 0, 0.0).sum(-1)
+
+
+def _kl_terms_sum(p: Tensor, q: Tensor, d: Tensor) -> Tensor:
+    """KL(p || q) per row from d = log q - log p, as a sum of nonnegative terms (rounding never makes it < 0).
 
     KL = sum_v p_v (lp_v - lq_v) + (sum_v q_v - sum_v p_v)   (the added bracket is 0)
-       = sum_{p_v > 0} p_v [expm1(d_v) - d_v] + sum_{p_v = 0} q_v,   d_v = lq_v - lp_v,
+       = sum_{p_v > 0} p_v [expm1(d_v) - d_v] + sum_{p_v = 0} q_v,
     and expm1(d) - d >= 0 term by term (Schulman's k3 summed exactly); expm1 keeps small d accurate.
     """
-    d = lq - lp
-    return torch.where(p > 0, p * (torch.expm1(d) - d), q).sum(-1)
+    t = torch.expm1(d).sub_(d).mul_(p)
+    return torch.where(p > 0, t, q, out=t).sum(-1)
 
 
 def softmax_stats(logits: Tensor, ids: Optional[Tensor] = None,
@@ -85,10 +89,10 @@ def softmax_stats(logits: Tensor, ids: Optional[Tensor] = None,
         lp = torch.log_softmax(z[sl].to(F64), dim=-1)
         p = lp.exp()
         p2 = p * p
-        out["entropy"][sl] = -_plogp(p, lp).sum(-1)
+        out["entropy"][sl] = -_plogp_sum(p, lp)
         out["sum_p2"][sl] = p2.sum(-1)
-        out["sum_p2_logp"][sl] = _plogp(p2, lp).sum(-1)
-        out["sum_p3"][sl] = (p2 * p).sum(-1)
+        out["sum_p2_logp"][sl] = _plogp_sum(p2, lp)
+        out["sum_p3"][sl] = p2.mul_(p).sum(-1)
         if flat_ids is not None:
             out["logp"][sl] = lp.gather(-1, flat_ids[sl, None]).squeeze(-1)
     return {k: v.reshape(shape) for k, v in out.items()}
@@ -100,7 +104,7 @@ def pair_stats(logits_p: Tensor, logits_q: Tensor, ids: Optional[Tensor] = None,
 
     logits_p, logits_q [..., V]; returns [...] tensors entropy_p, entropy_q, kl_pq, kl_qp, and
     logp_p, logp_q at `ids` when given. KL(p||q) = sum_v p_v (log p_v - log q_v), summed in a form whose
-    terms are all >= 0 (_kl_rows); p_v > 0 with q_v = 0 gives +inf (the true value, not clamped).
+    terms are all >= 0 (_kl_terms_sum); p_v > 0 with q_v = 0 gives +inf (the true value, not clamped).
     """
     if logits_p.shape != logits_q.shape:
         raise ValueError(f"pair_stats needs logits of one shape, got {tuple(logits_p.shape)} and {tuple(logits_q.shape)}")
@@ -113,11 +117,11 @@ def pair_stats(logits_p: Tensor, logits_q: Tensor, ids: Optional[Tensor] = None,
     for sl in _chunks(N, V, chunk_elements):
         lp, lq = torch.log_softmax(zp[sl].to(F64), -1), torch.log_softmax(zq[sl].to(F64), -1)
         p, q = lp.exp(), lq.exp()
-        plp, qlq = _plogp(p, lp), _plogp(q, lq)
-        out["entropy_p"][sl] = -plp.sum(-1)
-        out["entropy_q"][sl] = -qlq.sum(-1)
-        out["kl_pq"][sl] = _kl_rows(p, lp, q, lq)
-        out["kl_qp"][sl] = _kl_rows(q, lq, p, lp)
+        out["entropy_p"][sl] = -_plogp_sum(p, lp)
+        out["entropy_q"][sl] = -_plogp_sum(q, lq)
+        d = lq - lp
+        out["kl_pq"][sl] = _kl_terms_sum(p, q, d)
+        out["kl_qp"][sl] = _kl_terms_sum(q, p, d.neg_())
         if flat_ids is not None:
             out["logp_p"][sl] = lp.gather(-1, flat_ids[sl]).squeeze(-1)
             out["logp_q"][sl] = lq.gather(-1, flat_ids[sl]).squeeze(-1)

@@ -6,6 +6,13 @@ import os
 import pytest
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two xdist workers on 2 cores: one torch thread each (two each oversubscribe the cores).
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def solidrl_cache(tmp_path_factory):
     """One cold-start cache for the whole session, so each (task, size) is SFT-trained once."""
