@@ -21,16 +21,6 @@ CONTRACT_STATS = {"logp", "entropy", "sum_p2", "sum_p2_logp", "coef", "adv", "se
                   "length", "truncated", "group_index", "lr", "group_size", "vocab_size", "update_norm", "grad_norm"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread per test process: the suite runs 2 xdist workers on 2 cores, and TRL's many small
-    ops under oversubscribed threads run several times slower than on one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _load(path: Path, name: str):
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
