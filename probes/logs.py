@@ -19,9 +19,10 @@ log) wins over a mapped one. `exact = False` marks a mapping that measures a nea
 quantity; every verdict that reads one carries a note saying how it differs.
 
 What can be judged from a log: A/B predictions, and trajectory predictions when the log carries the
-predictor's `pred/...` key (only a TRL run with solidrl's callback has it). Per-step and counterfactual
-predictions need solidrl's per-step statistics or its shadow step: they are reported as not
-judgeable (verdict inconclusive, with the reason). A metric a prediction reads that the log does not
+predictor's `pred/...` key (only a TRL run with solidrl's callback has it). Per-step predictions need
+solidrl's per-step statistics: judged from a solidrl metrics.jsonl with one row per step (the callback's),
+else reported as not judgeable (verdict inconclusive, with the reason), as counterfactual predictions
+always are (they need solidrl's shadow step). A metric a prediction reads that the log does not
 provide is a one-line error (exit 2), as is an unknown format.
 
 Left out on purpose: OpenRLHF (no file logger: console lines and wandb only), and checking the
@@ -294,9 +295,10 @@ def parse_sources(items: list[str], hyp: Hypothesis) -> list[Source]:
 
 def _not_judgeable(hyp: Hypothesis, p, logs: dict[tuple[str, int], Log]) -> Optional[str]:
     """Why prediction p cannot be judged from these logs, or None."""
-    if p.kind == "per_step":
+    if p.kind == "per_step" and not all(lg.format == "solidrl" and lg.every == 1 for (a, _), lg in logs.items()
+                                        if a == p.arms[0]):
         return ("not judgeable from a log: a per-step prediction needs solidrl's per-step batch statistics "
-                "(run the arm with solidrl's trainer, or TRL with solidrl's callback, and use --from-run)")
+                "(a TRL run with solidrl's callback writes them: give its solidrl/metrics.jsonl)")
     if p.kind == "counterfactual":
         return ("not judgeable from a log: a counterfactual needs both updates taken from the same weights "
                 "and batch (solidrl's shadow step)")

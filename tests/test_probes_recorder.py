@@ -98,6 +98,12 @@ def test_default_run_writes_every_key_on_every_row(default_run):
         assert all(math.isfinite(row[k]) for k in ROW_KEYS), row
 
 
+def test_probes_do_not_change_training(default_run, tmp_path):
+    bare = read_rows(train(cfg_of(**{"probes.enabled": False}), tmp_path, progress=False).out)
+    loop_keys = ["reward/mean", "reward/accuracy", "response/length_mean", "loss", "grad/norm"]
+    assert [[r[k] for k in loop_keys] for r in bare] == [[r[k] for k in loop_keys] for r in default_run[1]]
+
+
 def test_on_policy_default_ratio_is_exactly_one_and_nothing_clips(default_run):
     for row in default_run[1]:
         assert row["ratio/mean"] == row["ratio/min"] == row["ratio/max"] == 1.0

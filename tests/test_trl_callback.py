@@ -92,17 +92,24 @@ def test_gradient_accumulation_gives_the_same_rows(tmp_path, trl_run):
                 assert r2[k] == pytest.approx(v, rel=1e-4, abs=1e-7), k
 
 
-def test_from_log_judges_a_trajectory_from_the_trl_log(trl_run, tmp_path):
+def test_from_log_judges_what_the_callbacks_logs_carry(trl_run, tmp_path):
+    """trainer_state.json carries the rows' predictor keys (trajectory judged, per-step not: no per-step
+    rows); the callback's own metrics.jsonl has one row per step (both judged)."""
     from solidrl.probes.check import main
 
     out, _, _ = trl_run
     hyp = tmp_path / "h.toml"
     hyp.write_text('name = "t"\nclaim = "c"\n[run]\nsteps = 2\nseeds = [0]\n[[predict]]\nlabel = "traj"\n'
                    'kind = "trajectory"\nmetric = "entropy/delta"\npredictor = "tabular_adam"\n'
-                   'observed = "entropy/token_mean"\nratio = [-1e9, 1e9]\n')
-    main([str(hyp), "--from-log", str(out / "trainer_state.json"), "--out", str(tmp_path / "o"), "--quiet", "--no-plots"])
-    e = json.loads((tmp_path / "o" / "report.json").read_text())["predictions"][0]
-    assert e["observed"] != "not judgeable from a log" and e["criteria"][0]["name"] == "ratio"
+                   'observed = "entropy/token_mean"\nratio = [-1e9, 1e9]\n[[predict]]\nlabel = "step"\n'
+                   'kind = "per_step"\nmetric = "entropy/delta"\npredictor = "tabular_adam"\nmin_r = 0.0\n')
+    judged = {}
+    for name, log in (("state", out / "trainer_state.json"), ("rows", out / "solidrl" / "metrics.jsonl")):
+        main([str(hyp), "--from-log", str(log), "--out", str(tmp_path / name), "--quiet", "--no-plots"])
+        preds = json.loads((tmp_path / name / "report.json").read_text())["predictions"]
+        judged[name] = [e["observed"] != "not judgeable from a log" for e in preds]
+        assert preds[0]["criteria"][0]["name"] == "ratio"
+    assert judged == {"state": [True, False], "rows": [True, True]}
 
 
 def test_losses_entropy_and_grad_norm_agree_on_identical_inputs(solidrl_cache):

@@ -127,7 +127,9 @@ class SFTConfig:
     seed: int = 0
     """Seed of the cold start; separate from run.seed so all RL seeds share one cold start."""
     batch_size: int = 128
-    lr: float = 3e-3
+    lr: Optional[float] = None
+    """SFT learning rate; None takes the model size's default (nano 3e-3; micro/small 1e-3: at 3e-3
+    micro stalled at pass@1 0.13 after 3000 steps, at 1e-3 it reached 0.42 in 300, measured)."""
     max_steps: int = 3000
     eval_every: int = 50
     eval_prompts: int = 256

@@ -32,10 +32,12 @@ class ModelSize:
     layers: int
     heads: int
     intermediate: int
+    sft_lr: float = 1e-3
+    """Default cold-start (SFT) learning rate for this size."""
 
 
 MODEL_SIZES: Registry[ModelSize] = Registry("model size")
-MODEL_SIZES.add("nano", ModelSize(hidden=64, layers=2, heads=4, intermediate=256))      # ~0.14M params
+MODEL_SIZES.add("nano", ModelSize(hidden=64, layers=2, heads=4, intermediate=256, sft_lr=3e-3))      # ~0.14M params
 MODEL_SIZES.add("micro", ModelSize(hidden=192, layers=4, heads=6, intermediate=768))    # ~2.4M params
 MODEL_SIZES.add("small", ModelSize(hidden=320, layers=6, heads=5, intermediate=1280))   # ~9.9M params
 

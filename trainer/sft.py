@@ -82,7 +82,8 @@ def run_sft(cfg: TrainConfig, out_dir: Optional[Path] = None, progress: bool = T
     tok = build_char_tokenizer()
     s = cfg.sft
     model = build_model(cfg.model.size, len(tok), seed=s.seed, dtype=cfg.model.dtype)
-    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
+    lr = s.lr if s.lr is not None else MODEL_SIZES.get(cfg.model.size).sft_lr
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     eos, pad = tok.eos_token_id, tok.pad_token_id
     eval_problems = task.sample(s.eval_prompts, np.random.default_rng([s.seed, 10**6]))
     history = []
