@@ -3,8 +3,10 @@
     solidrl transfer [--models nano,micro,small,smollm2-135m] [--n 8] [--out runs/transfer] [--set k=v ...]
 
 For each model, N counterfactual one-step updates (probes/counterfactual.py) from the same weights
-on N real rollout batches, each at the default learning rate eta and at eta/2, with the probes'
-recorder attached (JVP on every step). Per predictor output with an observed counterpart it reports,
+on N real rollout batches, each at a learning rate eta and at eta/2, with the probes' recorder
+attached (JVP on every step). eta is calibrated per model (--target-kl, default 0.01) so that the
+first batch's JVP-predicted kl/step is the same on every model: the first-order predictors' error
+grows with the step's size in nats, and one lr is a very different step on different models. Per predictor output with an observed counterpart it reports,
 over the N batches at eta:
   median relative error   median_b |pred - obs| / |obs|
   Pearson r               of pred and obs over the batches
@@ -101,10 +103,30 @@ eta one times (1/2)^order. The eta/2 arm skips the JVP (a third of a step's cost
 on nano, the recomputed ratios are 2 and 4 to 1e-5."""
 
 
+def calibrated_lr(eta0: float, pred_kl: float, target_kl: float) -> float:
+    """The learning rate whose fresh-AdamW first step has first-order KL `target_kl`.
+
+    The step is dtheta = -eta (g / (|g| + eps) + wd theta), proportional to eta, so the JVP's
+    KL(pi_old || pi_new) ~ Var_pi(J dtheta) / 2 scales as eta^2: eta = eta0 sqrt(target / pred(eta0)).
+    """
+    if not (pred_kl > 0 and math.isfinite(pred_kl)):
+        from solidrl.trainer.config import ConfigError
+
+        raise ConfigError(f"cannot calibrate the learning rate: the JVP's predicted kl/step at lr {eta0:g} is "
+                         f"{pred_kl!r}; pass --target-kl 0 to use the configured lr")
+    return eta0 * math.sqrt(target_kl / pred_kl)
+
+
 def run_model(name: str, n: int, out: Path, overrides: dict[str, Any], progress: bool = True,
-              noise_batches: int = 2) -> dict[str, Any]:
+              noise_batches: int = 2, target_kl: float = 0.0) -> dict[str, Any]:
     """N batches x (eta, eta/2, rloo) one-step updates of one model, plus lr = 0 on the first
-    `noise_batches` batches (the noise floor); returns the rows of every arm and the timing."""
+    `noise_batches` batches (the noise floor); returns the rows of every arm and the timing.
+
+    target_kl > 0: eta is set so that the first batch's JVP-predicted kl/step is target_kl (one
+    calibration step at the configured lr first), so that every model is compared at the same
+    per-token step size: the first-order predictors' error grows with kl/step (hypotheses/07), and a
+    fixed lr is a very different step on different models (3e-4 is kl/step ~0.05 on nano, ~0.5 on
+    micro, ~2 on SmolLM2)."""
     from solidrl.trainer.loop import Trainer
     from solidrl.trainer.model import count_params
 
@@ -122,7 +144,12 @@ def run_model(name: str, n: int, out: Path, overrides: dict[str, Any], progress:
     fp: dict[int, set] = {}
     trainer.add_hook("step_end", lambda ctx: fp.setdefault(ctx.step, set()).add(fingerprint(ctx.rollout)))
     one = OneStep(trainer)
-    eta = cfg.optim.lr
+    eta = eta0 = cfg.optim.lr
+    if target_kl > 0:
+        eta = calibrated_lr(eta0, float(one.step(0, eta0).get("pred/jvp/kl/step", math.nan)), target_kl)
+        if progress:
+            print(f"transfer {name}: lr {eta0:g} -> {eta:.3g} for a predicted kl/step of {target_kl:g}",
+                  file=sys.stderr, flush=True)
     t_setup = time.perf_counter() - t0
     arms: dict[str, list[dict]] = {"eta": [], "half": [], "zero": [], "rloo": []}
     with open(d / "rows.jsonl", "w") as f:
@@ -154,7 +181,8 @@ def run_model(name: str, n: int, out: Path, overrides: dict[str, Any], progress:
     mixed = [len(v) == 1 for v in fp.values()]
     return {
         "model": name, "params": count_params(trainer.model), "task": cfg.task.name,
-        "batch": f"{cfg.rollout.prompts_per_step} x {cfg.rollout.group_size}", "lr": eta,
+        "batch": f"{cfg.rollout.prompts_per_step} x {cfg.rollout.group_size}", "lr": eta, "lr_configured": eta0,
+        "target_kl": target_kl,
         "optimizer": cfg.optim.name, "n": n, "same_batch_all_arms": all(mixed),
         "accuracy_mean": float(np.mean([r["reward/accuracy"] for r in arms["eta"]])),
         "wall_s": round(time.perf_counter() - t0, 1), "setup_s": round(t_setup, 1),
@@ -294,12 +322,12 @@ def plots(report: dict[str, Any], pairs: dict[str, dict], out: Path) -> list[str
 
 
 def run_transfer(models: list[str], n: int, out: Path, overrides: dict[str, Any], progress: bool = True,
-                 command_line: str = "", noise_batches: int = 2) -> dict[str, Any]:
+                 command_line: str = "", noise_batches: int = 2, target_kl: float = 0.0) -> dict[str, Any]:
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     results, pairs = [], {}
     for name in models:
-        res = run_model(name, n, out, overrides, progress, noise_batches)
+        res = run_model(name, n, out, overrides, progress, noise_batches, target_kl)
         results.append(res)
         pairs[name] = _pairs(res)
     rows = [{"model": m, "predictor": k[0], "metric": k[1], "score": score(p),
@@ -315,8 +343,12 @@ def run_transfer(models: list[str], n: int, out: Path, overrides: dict[str, Any]
     report["plots"] = plots(report, pairs, out / "plots")
     md = ["# Transfer table", "", f"Command: `{command_line}`", "",
           "| model | params | task | batch | lr (eta) | mean accuracy | wall s |", "|---|---|---|---|---|---|---|"]
-    md += [f"| {m['model']} | {m['params'] / 1e6:.2f}M | {m['task']} | {m['batch']} | {m['lr']:g} | "
+    md += [f"| {m['model']} | {m['params'] / 1e6:.2f}M | {m['task']} | {m['batch']} | {m['lr']:.3g} | "
            f"{m['accuracy_mean']:.3f} | {m['wall_s']:.0f} |" for m in report["models"]]
+    tk = report["models"][0]["target_kl"] if report["models"] else 0
+    md += ["", (f"lr (eta) is calibrated per model so that the first batch's JVP-predicted kl/step is {tk:g} "
+                "(--target-kl); the same per-token step size on every model." if tk else
+                "lr (eta) is the configured one (--target-kl 0).")]
     md += ["", f"N = {n} batches per model; total wall time {report['wall_s']:.0f} s "
            f"({report['threads']} torch threads).", "", table(report), ""]
     (out / "table.md").write_text("\n".join(md))
@@ -336,6 +368,10 @@ def cmd_transfer(args) -> int:
         from solidrl.trainer.config import ConfigError
 
         raise ConfigError(f"--models: unknown model {unknown[0]!r}; known: {', '.join(MODELS)}")
+    if not (args.target_kl >= 0 and math.isfinite(args.target_kl)):
+        from solidrl.trainer.config import ConfigError
+
+        raise ConfigError(f"--target-kl must be a finite number >= 0, got {args.target_kl}")
     if args.n < 1:
         from solidrl.trainer.config import ConfigError
 
@@ -343,7 +379,7 @@ def cmd_transfer(args) -> int:
     over = parse_set_args(args.set or [])
     cmdline = "solidrl transfer " + " ".join(sys.argv[2:]) if args.command_line is None else args.command_line
     rep = run_transfer(models, args.n, Path(args.out), over, progress=not args.quiet, command_line=cmdline,
-                       noise_batches=args.noise_batches)
+                       noise_batches=args.noise_batches, target_kl=args.target_kl)
     print(table(rep))
     print(f"\nwrote {Path(args.out) / 'table.md'}, report.json, {len(rep['plots'])} plots; {rep['wall_s']:.0f} s")
     return 0
@@ -355,6 +391,9 @@ def _setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=8, help="batches (counterfactual steps) per model and learning rate")
     p.add_argument("--out", default="runs/transfer", help="output folder")
     p.add_argument("--noise-batches", type=int, default=2, help="batches that also run at lr = 0 (the noise floor)")
+    p.add_argument("--target-kl", type=float, default=0.01,
+                   help="set each model's lr so one step's JVP-predicted kl/step is this (one calibration "
+                        "step at the configured lr); 0 keeps the configured lr")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="config override for every model, e.g. --set rollout.prompts_per_step=16 (repeatable)")
     p.add_argument("--quiet", action="store_true")

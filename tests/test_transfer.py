@@ -59,3 +59,16 @@ def test_transfer_command_end_to_end_on_nano_and_micro(tmp_path, capsys):
     assert "solidrl transfer" in table
     assert {p.split("/")[-1] for p in rep["plots"]} >= {"jvp__kl_step.png", "jvp__entropy_delta.png"}
     assert "| nano | jvp | kl/step |" in capsys.readouterr().out
+
+
+def test_calibrated_lr_hits_the_target_of_a_quadratic_kl():
+    from solidrl.probes.transfer import calibrated_lr
+    from solidrl.trainer.config import ConfigError
+
+    # kl(eta) = c eta^2 with c = 5e5: at eta0 = 3e-4, kl = 0.045; the target 0.01 needs eta = sqrt(0.01 / c)
+    c, eta0 = 5e5, 3e-4
+    eta = calibrated_lr(eta0, c * eta0 ** 2, 0.01)
+    assert eta == pytest.approx((0.01 / c) ** 0.5, rel=1e-12) and c * eta ** 2 == pytest.approx(0.01)
+    for bad in (0.0, float("nan"), -1.0):
+        with pytest.raises(ConfigError, match="--target-kl 0"):
+            calibrated_lr(eta0, bad, 0.01)
