@@ -7,8 +7,10 @@ per arm is the median over steps of t_arm(k) / t_bare(k), with the middle 50% of
 it, 1 + (the recorder's own time in the step's hooks, time/probes_s) / (the bare step), steadier when
 the machine is shared.
 
-Arms: bare (probes.enabled=false), default (cfg.probes defaults: every group, every step, stats file,
-predictors), all_but_pred, entropy+grad, each probe group alone, and stats (only the stats file).
+Arms: bare (probes.enabled=false), default (the recorder at cfg.probes defaults: every group, every
+step, stats file, predictors), train (everything `solidrl train` attaches: the recorder, the off-policy
+probe, the diagnostics, and the loss audit + consistency check every probes.audit_every = 10 steps),
+all_but_pred, entropy+grad, each probe group alone, and stats (only the stats file).
 Targets (the issue): default <= 1.35x a bare step; entropy and grad probes alone <= 1.05x.
 
     .venv/bin/python bench/probe_overhead.py [--sizes nano micro] [--steps 30] [--warmup 3]
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from solidrl.probes.cli import attach_probes
 from solidrl.probes.recorder import GROUPS, attach
 from solidrl.trainer.config import TrainConfig, apply_overrides
 from solidrl.trainer.loop import Trainer
@@ -37,7 +40,7 @@ def arm_overrides(arm: str) -> dict[str, str]:
     """probes.* settings of an arm (the rest of the config is the default run)."""
     if arm == "bare":
         return {"probes.enabled": "false"}
-    if arm == "default":
+    if arm in ("default", "train"):
         return {}
     if arm == "all_but_pred":
         return {"probes.groups": ",".join(g for g in GROUPS if g != "pred"), "probes.save_stats": "false"}
@@ -46,7 +49,7 @@ def arm_overrides(arm: str) -> dict[str, str]:
     groups = arm.split("+")
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
-        raise SystemExit(f"unknown arm {arm!r}; known: bare, default, all_but_pred, stats, {', '.join(GROUPS)} "
+        raise SystemExit(f"unknown arm {arm!r}; known: bare, default, train, all_but_pred, stats, {', '.join(GROUPS)} "
                          "or groups joined by '+'")
     return {"probes.groups": ",".join(groups), "probes.save_stats": "false"}
 
@@ -59,7 +62,10 @@ def bench_size(size: str, arms: list[str], steps: int, warmup: int, threads: int
         d = tempfile.TemporaryDirectory()
         dirs.append(d)
         t = Trainer(cfg, d.name, progress=False)
-        attach(t)
+        if arm == "train":
+            attach_probes(t)
+        elif arm != "bare":
+            attach(t)
         trainers[arm] = t
     times: dict[str, list[float]] = {a: [] for a in arms}
     probe_s: dict[str, list[float]] = {a: [] for a in arms}
@@ -97,14 +103,14 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--arms", nargs="+", default=None,
-                    help="default: bare default all_but_pred entropy+grad and every group alone (nano); "
-                         "bare default all_but_pred entropy+grad entropy grad step ref (other sizes)")
+                    help="default: bare default train all_but_pred entropy+grad and every group alone (nano); "
+                         "bare default train all_but_pred entropy+grad entropy grad step ref (other sizes)")
     ap.add_argument("--out", default="bench/results/probe_overhead.json")
     args = ap.parse_args(argv)
     results = []
     for size in args.sizes:
-        arms = args.arms or (["bare", "default", "all_but_pred", "entropy+grad", *GROUPS, "stats"] if size == "nano"
-                             else ["bare", "default", "all_but_pred", "entropy+grad", "entropy", "grad", "step", "ref"])
+        arms = args.arms or (["bare", "default", "train", "all_but_pred", "entropy+grad", *GROUPS, "stats"] if size == "nano"
+                             else ["bare", "default", "train", "all_but_pred", "entropy+grad", "entropy", "grad", "step", "ref"])
         if "bare" not in arms:
             arms = ["bare", *arms]
         r = bench_size(size, arms, args.steps, args.warmup, args.threads)

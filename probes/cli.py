@@ -78,6 +78,20 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def attach_probes(t) -> None:
+    """Every probe `solidrl train` runs: the recorder, the off-policy probe, the diagnostics, and
+    every probes.audit_every steps the loss-term audit and the consistency check."""
+    from solidrl.probes import consistency, diagnostics, loss_audit, offpolicy
+    from solidrl.probes.recorder import attach
+
+    attach(t)
+    offpolicy.attach(t)  # after the recorder: it reuses the recorder's kl/step
+    if t.cfg.probes.audit_every > 0:
+        loss_audit.attach(t)
+        consistency.attach(t)
+    diagnostics.attach(t)
+
+
 @user_errors("solidrl train")
 def cmd_train(args) -> int:
     from solidrl.trainer.loop import Trainer
@@ -89,16 +103,7 @@ def cmd_train(args) -> int:
                           "replace its metrics, or another directory")
     t = Trainer(cfg, out, progress=not args.quiet, resume=args.resume)
     if cfg.probes.enabled:
-        from solidrl.probes import offpolicy
-        from solidrl.probes.recorder import attach
-
-        attach(t)
-        offpolicy.attach(t)  # after the recorder: it reuses the recorder's kl/step
-        from solidrl.probes import consistency, diagnostics, loss_audit
-
-        loss_audit.attach(t)
-        consistency.attach(t)
-        diagnostics.attach(t)
+        attach_probes(t)
     status = t.run()
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     if rows:

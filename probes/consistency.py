@@ -79,8 +79,8 @@ class ConsistencyProbe:
 
 
 def attach(trainer: Trainer, every: int | None = None) -> ConsistencyProbe:
-    """Attach once per trainer; every defaults to probes.every."""
-    every = trainer.cfg.probes.every if every is None else every
+    """Attach once per trainer; every defaults to probes.audit_every."""
+    every = trainer.cfg.probes.audit_every if every is None else every
     probe = getattr(trainer, "_consistency_probe", None)
     if probe is None:
         probe = ConsistencyProbe(trainer, every).attach()

@@ -296,8 +296,8 @@ class LossAudit:
 
 
 def attach(trainer: Trainer, every: int | None = None, params: bool = True) -> LossAudit:
-    """Attach once per trainer (a second call returns the first); every defaults to probes.every."""
-    every = trainer.cfg.probes.every if every is None else every
+    """Attach once per trainer (a second call returns the first); every defaults to probes.audit_every."""
+    every = trainer.cfg.probes.audit_every if every is None else every
     probe = getattr(trainer, "_loss_audit", None)
     if probe is None:
         probe = LossAudit(trainer, every, params).attach()

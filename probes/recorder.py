@@ -35,7 +35,7 @@ from torch import Tensor
 
 from solidrl.trainer.config import ConfigError
 from solidrl.trainer.loop import StepContext, Trainer, TrainingError
-from solidrl.trainer.rollout import Rollout, _cache_kwarg, response_logits
+from solidrl.trainer.rollout import Rollout, response_logits
 
 from . import metrics as M
 
@@ -283,11 +283,9 @@ class Recorder:
         g = torch.Generator().manual_seed(ctx.cfg.run.seed * 1_000_003 + ctx.step * 7 + 5)
         return torch.randperm(S, generator=g)[: self.max_states].sort().values.to(ctx.rollout.response_ids.device)
 
-    def _forward(self, model, ro: Rollout, what: str, ctx: StepContext, share_prompts: bool = False) -> Tensor:
+    def _forward(self, model, ro: Rollout, what: str, ctx: StepContext) -> Tensor:
         with torch.inference_mode():
-            logits = shared_prompt_logits(model, ro, ctx.cfg.rollout.group_size) if share_prompts else None
-            if logits is None:
-                logits = response_logits(model, ro)
+            logits = response_logits(model, ro)  # the path pi_old came from (groups' prompts run once)
         if not torch.isfinite(logits).all():
             raise TrainingError(
                 f"step {ctx.step}: non-finite {what} (NaN/Inf); metrics up to step {ctx.step - 1} are kept in "
@@ -316,7 +314,7 @@ class Recorder:
         if ctx.ref_logits is not None:
             ref = (ctx.ref_logits if sub is None else ctx.ref_logits[sub])[sel]
         else:
-            ref = self._forward(ctx.ref_model, ro, "reference logits", ctx, share_prompts=True)[sel]
+            ref = self._forward(ctx.ref_model, ro, "reference logits", ctx)[sel]
         ps = M.pair_stats(old, ref, ids)
         row["kl/ref_exact"] = float(ps["kl_pq"].mean())
         row["kl/ref_exact_reverse"] = float(ps["kl_qp"].mean())
@@ -411,45 +409,6 @@ class Recorder:
                 continue
             out.update({f"pred/{name}/{k}": float(v) for k, v in res.items()})
         return out
-
-
-def shared_prompt_logits(model, ro: Rollout, group_size: int) -> Optional[Tensor]:
-    """response_logits with each group's prompt run once: [S, R, V], or None if the groups' rows differ.
-
-    The G rows of a group share their (left-padded) prompt, so the prompt pass runs on S/G rows and its
-    KV cache is repeated G times for the response pass: ~(P/G + R) instead of (P + R) token positions
-    per row. Same values as response_logits up to float32 rounding (~1e-6 in the logits, another
-    summation order), so it serves the reference KL; the step's own KL and entropy change keep
-    response_logits, the path pi_old came from, for an exact zero when nothing moved.
-    """
-    S, P = ro.prompt_ids.shape
-    R, G = ro.response_ids.shape[1], group_size
-    cache_cls = _dynamic_cache()
-    if G <= 1 or S % G or cache_cls is None or not hasattr(cache_cls, "batch_repeat_interleave"):
-        return None
-    if not (ro.prompt_ids.view(S // G, G, P) == ro.prompt_ids[::G, None]).all():
-        return None
-    p_ids, p_mask = ro.prompt_ids[::G], ro.prompt_mask[::G]
-    cache = cache_cls(config=model.config)
-    kw = {_cache_kwarg(model): cache}
-    first = model(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
-                  use_cache=True, logits_to_keep=1, **kw).logits.repeat_interleave(G, 0)  # predicts token 0
-    if R == 1:
-        return first
-    cache.batch_repeat_interleave(G)
-    mask = torch.cat([ro.prompt_mask, ro.response_mask.long()], 1)[:, :P + R - 1]
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, P:]
-    rest = model(input_ids=ro.response_ids[:, :R - 1], attention_mask=mask, position_ids=pos, use_cache=True,
-                 **kw).logits  # predicts tokens 1..R-1
-    return torch.cat([first, rest], 1)
-
-
-def _dynamic_cache():
-    try:
-        from transformers import DynamicCache
-    except ImportError:  # pragma: no cover - transformers without DynamicCache
-        return None
-    return DynamicCache
 
 
 def attach(trainer: Trainer) -> Recorder:

@@ -84,7 +84,7 @@ def test_verdicts_name_zero_sign_and_magnitude():
 # ---- end to end: solidrl train + solidrl audit -------------------------------------------------
 
 def _train(out, **over):
-    sets = [x for k, v in tiny_overrides(**{"run.steps": 2, **over}).items() for x in ("--set", f"{k}={v}")]
+    sets = [x for k, v in tiny_overrides(**{"run.steps": 2, "probes.audit_every": 1, **over}).items() for x in ("--set", f"{k}={v}")]
     assert main(["train", "--quiet", "--out", str(out), *sets]) == 0
 
 

@@ -173,16 +173,31 @@ def test_stats_file_holds_the_contract_keys_and_the_exact_coefficients(default_r
 
 
 def test_shared_prompt_forward_matches_the_plain_forward(default_run):
-    w = default_run[2]
-    t = w.t
+    from solidrl.trainer.rollout import prompt_runs
+
+    t = default_run[2].t
     ro = t.rollout(t.sample_problems(7), 7)
+    first, run_of = prompt_runs(ro.prompt_ids, ro.prompt_mask)
+    assert first.tolist() == list(range(0, 32, 4)) and run_of.tolist() == [i // 4 for i in range(32)]
+    shifted = ro.select(torch.roll(torch.arange(32), 1))  # runs of 1, 4, ..., 4, 3 rows
+    assert prompt_runs(shifted.prompt_ids, shifted.prompt_mask)[0].tolist() == [0, 1, 5, 9, 13, 17, 21, 25, 29]
+    for batch in (ro, shifted):
+        grads = []
+        for share in (False, True):
+            t.model.zero_grad(set_to_none=True)
+            z = response_logits(t.model, batch, share_prompts=share)
+            lp = torch.log_softmax(z.double(), -1).gather(-1, batch.response_ids[..., None]).squeeze(-1)
+            (lp * batch.response_mask).sum().backward()
+            grads.append((z.detach(), torch.cat([p.grad.reshape(-1) for p in t.model.parameters()])))
+        (z0, g0), (z1, g1) = grads
+        m = batch.response_mask > 0
+        assert (z0 - z1)[m].abs().max() < 1e-4  # float32 rounding of another summation order
+        assert float((g0 - g1).norm() / g0.norm()) < 1e-4  # the gradient flows through the shared cache
+    t.model.zero_grad(set_to_none=True)
+    distinct = ro.select(torch.arange(0, 32, 4))  # no repeated prompt: the plain forward, bit for bit
+    assert prompt_runs(distinct.prompt_ids, distinct.prompt_mask) is None
     with torch.no_grad():
-        plain = response_logits(t.ref_model, ro)
-        shared = R.shared_prompt_logits(t.ref_model, ro, 4)
-        sel = ro.response_mask > 0
-        assert (plain - shared)[sel].abs().max() < 1e-4  # float32 rounding of another summation order
-        shifted = ro.select(torch.roll(torch.arange(32), 1))  # each group now starts with another group's row
-        assert R.shared_prompt_logits(t.ref_model, shifted, 4) is None
+        assert torch.equal(response_logits(t.model, distinct), response_logits(t.model, distinct, share_prompts=False))
 
 
 def test_lr_zero_extra_forward_reproduces_pi_old_exactly(tmp_path):

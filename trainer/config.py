@@ -152,6 +152,11 @@ class ProbesConfig:
     """Evaluate the expensive probes (the step and reference forwards, the JVP) on at most this many sequences (0 = all)."""
     save_stats: bool = True
     """Store the per-step batch statistics predictors need in run_dir/stats/."""
+    audit_every: int = 10
+    """Run the loss-term audit and the consistency check (solidrl audit's loss_terms and consistency
+    items) every N steps, step 0 included (0 = off). They check the trainer's code path, which is the
+    same on every step, and each costs about one more forward and backward; every step would double
+    a nano step (bench/probe_overhead.py)."""
 
 
 @dataclass(frozen=True)
@@ -356,6 +361,9 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.offpolicy.rollout_dtype in ("float32", "bfloat16", "float16"),
          f"offpolicy.rollout_dtype {cfg.offpolicy.rollout_dtype!r} unknown; known: float32, bfloat16, float16"),
         (cfg.offpolicy.logit_noise >= 0, "offpolicy.logit_noise must be >= 0"),
+        (cfg.probes.every >= 1, "probes.every must be >= 1"),
+        (cfg.probes.jvp_every >= 0 and cfg.probes.audit_every >= 0 and cfg.probes.max_states >= 0,
+         "probes.jvp_every, probes.audit_every and probes.max_states must be >= 0 (0 = off / all)"),
         (cfg.model.dtype in ("float32", "float64", "bfloat16"),
          f"model.dtype {cfg.model.dtype!r} unknown; known: float32, float64, bfloat16"),
     ]

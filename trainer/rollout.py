@@ -30,6 +30,12 @@ def _cache_kwarg(model) -> str:
 
 
 @dataclass
+class _Logits:
+    """Stand-in for a model output that only carries logits (the shared prefill's, indexed out to every row)."""
+    logits: torch.Tensor
+
+
+@dataclass
 class Rollout:
     prompt_ids: torch.Tensor      # [S, P] long, left-padded
     prompt_mask: torch.Tensor     # [S, P] long
@@ -83,7 +89,8 @@ def sampling_logprobs(logits: torch.Tensor, temperature: float, top_k: int, top_
 def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
              eos_id: int, pad_id: int, generator: torch.Generator, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, logit_noise: float = 0.0, version: int = 0,
-             segment_len: int = 0, advance: Optional[Callable[[int], tuple]] = None) -> Rollout:
+             segment_len: int = 0, advance: Optional[Callable[[int], tuple]] = None,
+             share_prompts: bool = True) -> Rollout:
     """Sample one response per row with a KV cache; stops early once every row has hit EOS.
 
     `logit_noise` adds N(0, sigma^2) to the sampler's logits (a calibrated training-inference
@@ -94,6 +101,9 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new
     under it, so token t is drawn from pi_{version_t}(. | s_t) exactly (an engine that kept the old
     cache would sample from neither policy). `version` is the first segment's; every token's is
     returned in `token_version`.
+
+    share_prompts: consecutive rows with the same prompt (a group) are prefilled once and the cache
+    indexed out to every row, as in `response_logits`.
     """
     S = prompt_ids.shape[0]
     device = prompt_ids.device
@@ -106,7 +116,14 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new
                     use_cache=True, logits_to_keep=1, **ckw)
         return out, ckw, pos[:, -1:] + 1
 
-    out, ckw, next_pos = prefill(model, prompt_ids, mask)
+    runs = prompt_runs(prompt_ids, prompt_mask) if share_prompts else None
+    if runs is None:
+        out, ckw, next_pos = prefill(model, prompt_ids, mask)
+    else:  # each run of identical prompts (a group) is prefilled once and its cache indexed out to its rows
+        first_rows, run = runs
+        out, ckw, next_pos = prefill(model, prompt_ids[first_rows], mask[first_rows])
+        ckw[_cache_kwarg(model)].batch_select_indices(run)
+        out, next_pos = _Logits(out.logits[run]), next_pos[run]
     ids = torch.full((S, max_new_tokens), pad_id, dtype=torch.long, device=device)
     versions = torch.full((S, max_new_tokens), version, dtype=torch.long, device=device)
     logps = torch.zeros((S, max_new_tokens), dtype=torch.float32, device=device)
@@ -142,15 +159,55 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new
                    token_version=versions[:, :width])
 
 
-def response_logits(model, r: Rollout) -> torch.Tensor:
-    """Teacher-forced logits [S, R, V] predicting each response token (no logits over the prompt)."""
-    ids = torch.cat([r.prompt_ids, r.response_ids], dim=1)
-    mask = torch.cat([r.prompt_mask, r.response_mask.long()], dim=1)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+def prompt_runs(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """Runs of consecutive rows with the same (left-padded) prompt: (first row of each run [U], run of
+    each row [S]), or None when no two consecutive rows share a prompt. A group's G samples are such a run."""
+    S = prompt_ids.shape[0]
+    if S < 2:
+        return None
+    same = (prompt_ids[1:] == prompt_ids[:-1]).all(-1) & (prompt_mask[1:] == prompt_mask[:-1]).all(-1)
+    if not bool(same.any()):
+        return None
+    starts = torch.cat([torch.ones(1, dtype=torch.bool, device=same.device), ~same])
+    return starts.nonzero().squeeze(-1), starts.long().cumsum(0) - 1
+
+
+def response_logits(model, r: Rollout, share_prompts: bool = True) -> torch.Tensor:
+    """Teacher-forced logits [S, R, V] predicting each response token (no logits over the prompt).
+
+    share_prompts: rows that repeat the previous row's prompt (a group's G samples) share its keys and
+    values: the prompt pass runs once per run of identical prompts, its KV cache is indexed out to
+    every row, and the response pass runs on top of it, with gradient through the shared cache. A
+    causal model's prompt positions never see the response, so this is the same function: the same
+    logits and gradient up to float32 summation order (~1e-6 relative), for ~(P/G + R) instead of
+    P + R token positions per row. Every caller goes through here, so pi_old, the loss's forward and
+    the probes' forwards of one batch take the same path and an unchanged policy reproduces pi_old
+    bit for bit. Batches without repeated prompts take the plain single forward.
+    """
     R = r.response_ids.shape[1]
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
-                logits_to_keep=R + 1)
-    return out.logits[:, :R, :]
+    runs = prompt_runs(r.prompt_ids, r.prompt_mask) if share_prompts and r.prompt_ids.shape[1] > 1 else None
+    if runs is None:
+        ids = torch.cat([r.prompt_ids, r.response_ids], dim=1)
+        mask = torch.cat([r.prompt_mask, r.response_mask.long()], dim=1)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
+                    logits_to_keep=R + 1)
+        return out.logits[:, :R, :]
+    first_rows, run = runs
+    P = r.prompt_ids.shape[1]
+    # The prompt pass covers the prompt but its last column; the response pass starts from that column
+    # (never padding: prompts are left-padded), so every logit comes from one LM-head call over [S, R]
+    # positions as in the plain path. (A separate [U, 1] head call rounds differently when the head's
+    # weight requires grad, which would break pi = pi_ref bit for bit at step 0.)
+    p_mask = r.prompt_mask[first_rows, :P - 1]
+    ckw = {_cache_kwarg(model): DynamicCache(config=model.config)}
+    model(input_ids=r.prompt_ids[first_rows, :P - 1], attention_mask=p_mask,
+          position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1, **ckw)
+    ckw[_cache_kwarg(model)].batch_select_indices(run)
+    mask = torch.cat([r.prompt_mask, r.response_mask.long()], dim=1)[:, :P + R - 1]
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, P - 1:]
+    ids = torch.cat([r.prompt_ids[:, P - 1:], r.response_ids[:, :R - 1]], dim=1)
+    return model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **ckw).logits
 
 
 class RolloutEngine:

@@ -1,17 +1,18 @@
-"""What-if for the trainer (a proposal, not what trainer/ does): run each group's prompt once.
+"""The shared-prompt path of the trainer's forwards, part by part: each group's prompt run once.
 
 The G samples of a group share their prompt, and a causal model's prompt positions do not see the
 response, so the prompt's keys and values are the same for all G rows. Computing them once per group
-(with gradient) and repeating the KV cache G times gives the same logits and the same gradient for
-~(P/G + R) instead of (P + R) positions per row; the same holds for the sampler's prefill. This times,
-interleaved on one batch of the trainer's default workload (64 prompts x 8, addition):
+(with gradient) and indexing the KV cache out to the G rows gives the same logits and the same gradient
+for ~(P/G + R) instead of (P + R) positions per row; the same holds for the sampler's prefill.
+trainer/rollout.py does this by default (response_logits and generate, share_prompts=True); this times
+both paths, interleaved on one batch of the trainer's default workload (64 prompts x 8, addition):
 
-  update    forward + backward of the token-mean PG loss: trainer.rollout.response_logits vs
-            probes.recorder.shared_prompt_logits (prompt once per group), and their gradients' difference
+  update    forward + backward of the token-mean PG loss: response_logits(share_prompts=False) vs
+            (share_prompts=True), and their gradients' difference
   prefill   the sampler's prompt pass on all S rows vs on the S/G distinct prompts
   rollout   the trainer's whole rollout, for scale
 
-    .venv/bin/python bench/shared_prompt_whatif.py [--sizes nano micro] [--reps 10] [--threads 1]
+    .venv/bin/python bench/shared_prompt.py [--sizes nano micro] [--reps 10] [--threads 1]
 """
 from __future__ import annotations
 
@@ -24,15 +25,14 @@ import time
 import torch
 from transformers import DynamicCache
 
-from solidrl.probes.recorder import shared_prompt_logits
 from solidrl.trainer.config import TrainConfig, apply_overrides
 from solidrl.trainer.loop import Trainer
 from solidrl.trainer.rollout import _cache_kwarg, response_logits
 
 
-def whatif(size: str, reps: int) -> dict:
+def parts(size: str, reps: int) -> dict:
     cfg = apply_overrides(TrainConfig(), {"model.size": size, "probes.enabled": False})
-    t = Trainer(cfg, tempfile.mkdtemp(prefix="whatif_"), progress=False)
+    t = Trainer(cfg, tempfile.mkdtemp(prefix="shared_prompt_"), progress=False)
     G = cfg.rollout.group_size
     problems = t.sample_problems(0)
     ro = t.rollout(problems, 0)
@@ -51,8 +51,8 @@ def whatif(size: str, reps: int) -> dict:
             t.model(input_ids=ids, attention_mask=m, position_ids=(m.cumsum(-1) - 1).clamp(min=0), use_cache=True,
                     logits_to_keep=1, **{_cache_kwarg(t.model): DynamicCache(config=t.model.config)})
 
-    full = lambda: response_logits(t.model, ro)  # noqa: E731
-    shared = lambda: shared_prompt_logits(t.model, ro, G)  # noqa: E731
+    full = lambda: response_logits(t.model, ro, share_prompts=False)  # noqa: E731
+    shared = lambda: response_logits(t.model, ro, share_prompts=True)  # noqa: E731
     g_full, g_shared = update(full), update(shared)
     arms = {"update_full": lambda: update(full), "update_shared": lambda: update(shared),
             "prefill_all": lambda: prefill(slice(None)), "prefill_distinct": lambda: prefill(slice(None, None, G)),
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     for size in a.sizes:
-        r = whatif(size, a.reps)
+        r = parts(size, a.reps)
         ms = {k: round(v * 1e3, 1) for k, v in r["median_s"].items()}
         print(f"{size:6s} P={r['prompt_width']} R={r['response_width']}  medians (ms) {ms}\n"
               f"       update shared/full = {r['update_shared_over_full']:.2f}  prefill distinct/all = "
