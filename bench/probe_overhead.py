@@ -10,7 +10,8 @@ the machine is shared.
 Arms: bare (probes.enabled=false), default (the recorder at cfg.probes defaults: every group, every
 step, stats file, predictors), train (everything `solidrl train` attaches: the recorder, the off-policy
 probe, the diagnostics, and the loss audit + consistency check every probes.audit_every = 10 steps),
-all_but_pred, entropy+grad, each probe group alone, and stats (only the stats file).
+subsetK (the default set with probes.max_states = K: the new-policy and reference forwards, the
+expensive part, on K of the batch's sequences), all_but_pred, entropy+grad, each probe group alone, and stats (only the stats file).
 Targets (the issue): default <= 1.35x a bare step; entropy and grad probes alone <= 1.05x.
 
     .venv/bin/python bench/probe_overhead.py [--sizes nano micro] [--steps 30] [--warmup 3]
@@ -42,6 +43,8 @@ def arm_overrides(arm: str) -> dict[str, str]:
         return {"probes.enabled": "false"}
     if arm in ("default", "train"):
         return {}
+    if arm.startswith("subset"):  # subset64: the default set with the step / ref forwards on 64 sequences
+        return {"probes.max_states": arm[len("subset"):] or "64"}
     if arm == "all_but_pred":
         return {"probes.groups": ",".join(g for g in GROUPS if g != "pred"), "probes.save_stats": "false"}
     if arm == "stats":
@@ -49,7 +52,7 @@ def arm_overrides(arm: str) -> dict[str, str]:
     groups = arm.split("+")
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
-        raise SystemExit(f"unknown arm {arm!r}; known: bare, default, train, all_but_pred, stats, {', '.join(GROUPS)} "
+        raise SystemExit(f"unknown arm {arm!r}; known: bare, default, train, subsetK, all_but_pred, stats, {', '.join(GROUPS)} "
                          "or groups joined by '+'")
     return {"probes.groups": ",".join(groups), "probes.save_stats": "false"}
 

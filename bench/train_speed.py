@@ -4,7 +4,7 @@ Workload (the prototype's, ../shared/NOTES-transformers.md): 64 prompts x 8 samp
 (<= 6 new tokens), the perfect-baseline loop, probes off (bench/probe_overhead.py measures them).
 The first `--warmup` steps are dropped; medians over the rest are reported.
 
-    .venv/bin/python bench/train_speed.py [--sizes nano micro] [--steps 30] [--out bench/results/train_speed.json]
+    .venv/bin/python bench/train_speed.py [--sizes nano micro] [--steps 30] [--threads 1] [--out bench/results/train_speed.json]
 """
 from __future__ import annotations
 
@@ -48,8 +48,12 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", nargs="+", default=["nano", "micro"])
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0 = torch's default; on a shared machine 1 is far steadier)")
     p.add_argument("--out", default="bench/results/train_speed.json")
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     results = []
     for size in a.sizes:
         r = bench_size(size, a.steps, a.warmup)

@@ -181,7 +181,7 @@ def _load_extensions() -> None:
     import importlib
 
     for mod in ("solidrl.probes.audit", "solidrl.probes.ladder", "solidrl.probes.transfer",
-                "solidrl.probes.leadtime"):
+                "solidrl.probes.leadtime", "solidrl.probes.plot"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

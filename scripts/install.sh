@@ -8,6 +8,10 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e ".[dev,trl]" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import solidrl.trainer, solidrl.probes, solidrl.theory" 
+if ! .venv/bin/pip install -q -e ".[dev,trl]" > .venv/pip-install.log 2>&1; then
+  grep -v "^WARNING: Location" .venv/pip-install.log | tail -30
+  echo "scripts/install.sh: pip install -e '.[dev,trl]' failed (full log: .venv/pip-install.log)" >&2
+  exit 1
+fi
+.venv/bin/python -c "import solidrl.trainer, solidrl.probes, solidrl.theory, trl, hypothesis, nbclient"
 echo "solidrl installed in .venv"

@@ -198,7 +198,11 @@ class Trainer:
 
     def rollout(self, problems: list[Problem], step: int) -> Rollout:
         tok = self.tokenizer
-        p_ids, p_mask = left_pad(render_prompts(tok, problems, self.task.chat), tok.pad_token_id)
+        # A group's G rows are one Problem object: render and pad each run once, then repeat the rows.
+        starts = [i for i in range(len(problems)) if i == 0 or problems[i] is not problems[i - 1]]
+        counts = torch.tensor([b - a for a, b in zip(starts, [*starts[1:], len(problems)])])
+        p_ids, p_mask = left_pad(render_prompts(tok, [problems[i] for i in starts], self.task.chat), tok.pad_token_id)
+        p_ids, p_mask = p_ids.repeat_interleave(counts, 0), p_mask.repeat_interleave(counts, 0)
         g = torch.Generator(device=self.device).manual_seed(self.cfg.run.seed * 1_000_003 + step)
         self.engine.push(self.version)
         sampler, version = self.engine.model_for_sampling(0)
