@@ -6,8 +6,8 @@ For each model, N counterfactual one-step updates (probes/counterfactual.py) fro
 on N real rollout batches, each at a learning rate eta and at eta/2, with the probes' recorder
 attached (JVP on every step). eta is calibrated per model (--target-kl, default 0.01) so that the
 first batch's JVP-predicted kl/step is the same on every model: the first-order predictors' error
-grows with the step's size in nats, and one lr is a very different step on different models. Per predictor output with an observed counterpart it reports,
-over the N batches at eta:
+grows with the step's size in nats, and one lr is a very different step on different models. Per
+predictor output with an observed counterpart it reports, over the N batches at eta:
   median relative error   median_b |pred - obs| / |obs|
   Pearson r               of pred and obs over the batches
   sign agreement          share of batches with sign(pred) = sign(obs)

