@@ -15,12 +15,13 @@ expensive part, on K of the batch's sequences), all_but_pred, entropy+grad, each
 Targets (the issue): default <= 1.35x a bare step; entropy and grad probes alone <= 1.05x.
 
     .venv/bin/python bench/probe_overhead.py [--sizes nano micro] [--steps 30] [--warmup 3]
-        [--arms ...] [--out bench/results/probe_overhead.json]
+        [--task addition] [--arms ...] [--out bench/results/probe_overhead.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -57,10 +58,10 @@ def arm_overrides(arm: str) -> dict[str, str]:
     return {"probes.groups": ",".join(groups), "probes.save_stats": "false"}
 
 
-def bench_size(size: str, arms: list[str], steps: int, warmup: int, threads: int) -> dict:
+def bench_size(size: str, arms: list[str], steps: int, warmup: int, threads: int, task: str = "addition") -> dict:
     trainers, dirs = {}, []
     for arm in arms:
-        cfg = apply_overrides(TrainConfig(), {"model.size": size, "run.steps": str(steps + warmup),
+        cfg = apply_overrides(TrainConfig(), {"model.size": size, "task.name": task, "run.steps": str(steps + warmup),
                                               "run.threads": str(threads), **arm_overrides(arm)})
         d = tempfile.TemporaryDirectory()
         dirs.append(d)
@@ -72,6 +73,7 @@ def bench_size(size: str, arms: list[str], steps: int, warmup: int, threads: int
         trainers[arm] = t
     times: dict[str, list[float]] = {a: [] for a in arms}
     probe_s: dict[str, list[float]] = {a: [] for a in arms}
+    lengths: list[float] = []
     for step in range(steps + warmup):
         k = step % len(arms)
         for arm in arms[k:] + arms[:k]:  # rotate who goes first
@@ -81,11 +83,14 @@ def bench_size(size: str, arms: list[str], steps: int, warmup: int, threads: int
             if step >= warmup:
                 times[arm].append(dt)
                 probe_s[arm].append(row.get("time/probes_s", 0.0))
+                if arm == "bare":
+                    lengths.append(row["response/length_mean"])
         print(f"  {size}: step {step + 1}/{steps + warmup} of {len(arms)} arms done", file=sys.stderr, flush=True)
     for d in dirs:
         d.cleanup()
     bare = times["bare"]
-    out = {"size": size, "steps_timed": steps, "threads": torch.get_num_threads(),
+    out = {"size": size, "task": task, "steps_timed": steps, "threads": torch.get_num_threads(),
+           "response_length_mean": statistics.mean(lengths),
            "bare_step_s_median": statistics.median(bare), "arms": {}}
     for arm in arms:
         ratios = sorted(a / b for a, b in zip(times[arm], bare))
@@ -105,6 +110,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--task", default="addition", help="the trainer's task (longer answers: sum_list)")
     ap.add_argument("--arms", nargs="+", default=None,
                     help="default: bare default train all_but_pred entropy+grad and every group alone (nano); "
                          "bare default train all_but_pred entropy+grad entropy grad step ref (other sizes)")
@@ -116,10 +122,10 @@ def main(argv=None) -> int:
                              else ["bare", "default", "train", "all_but_pred", "entropy+grad", "entropy", "grad", "step", "ref"])
         if "bare" not in arms:
             arms = ["bare", *arms]
-        r = bench_size(size, arms, args.steps, args.warmup, args.threads)
+        r = bench_size(size, arms, args.steps, args.warmup, args.threads, args.task)
         results.append(r)
-        print(f"\n{size}: bare step {r['bare_step_s_median'] * 1e3:.1f} ms (median of {args.steps}), "
-              f"{r['threads']} threads")
+        print(f"\n{size}, {args.task}: bare step {r['bare_step_s_median'] * 1e3:.1f} ms (median of {args.steps}), "
+              f"{r['threads']} threads, mean response {r['response_length_mean']:.1f} tokens")
         print(f"  {'arm':<14} {'ratio':>6} {'q25-q75':>13} {'1+hook/bare':>11} {'step ms':>8} {'probes ms':>9}  target")
         for arm, a in r["arms"].items():
             tgt = f"<= {a['target']:.2f} {'ok' if a['ratio_median'] <= a['target'] else 'MISSED'}" if a["target"] else ""
@@ -128,7 +134,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": "python bench/probe_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                               "torch": torch.__version__, "results": results}, indent=2))
+                               "torch": torch.__version__, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                               "load_average": os.getloadavg(), "results": results}, indent=2))
     print(f"\nwrote {out}")
     return 0
 

@@ -101,3 +101,40 @@ def test_rl_raises_accuracy_on_nano_within_40_steps(tmp_path):
     cfg = apply_overrides(TrainConfig(), {"run.steps": 40, "probes.enabled": False})
     acc = [r["reward/accuracy"] for r in read_rows(train(cfg, tmp_path, progress=False).out)]
     assert np.mean(acc[-10:]) - np.mean(acc[:5]) >= 0.05, acc
+
+
+def test_cold_start_weights_do_not_depend_on_the_callers_thread_count(tmp_path):
+    """One cache key, one set of weights: SFT pins one torch thread and restores the caller's count."""
+    from safetensors.torch import load_file
+
+    from solidrl.trainer.sft import run_sft
+
+    # Batch 128 (the default): at 2 threads its matmuls split, which changes the weights after 4 steps
+    # when SFT is not pinned (measured); at batch 32 they do not split and this test could not fail.
+    cfg = cfg_of(**{"sft.max_steps": 4, "sft.eval_every": 2, "sft.eval_prompts": 16})
+    before = torch.get_num_threads()
+    weights = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            d = run_sft(cfg, tmp_path / f"t{n}", progress=False)
+            assert torch.get_num_threads() == n
+            weights.append(load_file(str(d / "model.safetensors")))
+    finally:
+        torch.set_num_threads(before)
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_cold_start_key_covers_the_forward_and_the_sampler(monkeypatch, tmp_path):
+    """A change to any module the SFT loop runs (here rollout.py, home of response_logits) is a new key."""
+    import shutil
+
+    from solidrl.trainer import rollout, sft
+
+    key = sft.sft_key(cfg_of())
+    copy = tmp_path / "rollout.py"
+    shutil.copy(rollout.__file__, copy)
+    copy.write_text(copy.read_text() + "\n# changed\n")
+    monkeypatch.setattr(sft, "_KEY_FILES", tuple(str(copy) if f == rollout.__file__ else f for f in sft._KEY_FILES))
+    assert sft.sft_key(cfg_of()) != key

@@ -21,7 +21,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import model as model_mod
+from . import rollout as rollout_mod
 from . import tasks as tasks_mod
+from . import tokenizer as tokenizer_mod
 from .config import TrainConfig
 from .model import MODEL_SIZES, build_model, cache_dir
 from .rollout import Rollout, generate, left_pad, response_logits
@@ -29,13 +32,19 @@ from .tasks import TASKS, Task, get_task
 from .tokenizer import ALPHABET, build_char_tokenizer, encode_prompts
 
 
+_KEY_FILES = (model_mod.__file__, rollout_mod.__file__, tokenizer_mod.__file__, __file__)
+
+
 def sft_key(cfg: TrainConfig) -> str:
     """Cache key of a cold start: model size, task, budget, SFT settings and tokenizer alphabet."""
     # The code that determines a cold start is part of its key: a change to it invalidates the cache.
-    # Only the code that determines it: this file, the task's class (and its bases), the sampler.
+    # That is the task's class (and its bases) and the whole of the modules the SFT loop runs: this
+    # file, the model builder, the tokenizer and rollout.py (the forward and the sampler). Hashing only
+    # the functions it calls by name missed a change to response_logits' summation order, and a cached
+    # cold start from older code then differed from the one a fresh clone trains.
     task_cls = TASKS.get(cfg.task.name)
     code = "".join(inspect.getsource(c) for c in task_cls.__mro__ if c.__module__ == tasks_mod.__name__)
-    code += inspect.getsource(generate) + inspect.getsource(build_model) + Path(__file__).read_text()
+    code += "".join(Path(f).read_text() for f in _KEY_FILES)
     payload = {"size": repr(MODEL_SIZES.get(cfg.model.size)), "task": cfg.task.name, "dtype": cfg.model.dtype,
                "sft": dataclasses.asdict(cfg.sft), "alphabet": ALPHABET,
                "code": hashlib.sha256(code.encode()).hexdigest()}
@@ -75,7 +84,21 @@ def sampled_accuracy(model, tokenizer, task: Task, problems, max_new_tokens: int
 
 
 def run_sft(cfg: TrainConfig, out_dir: Optional[Path] = None, progress: bool = True) -> Path:
-    """Train a cold start and save it (model + tokenizer + sft.json) to `out_dir`; returns the dir."""
+    """Train a cold start and save it (model + tokenizer + sft.json) to `out_dir`; returns the dir.
+
+    Runs at one torch thread whatever the caller set: the thread count changes float32 summation
+    order, and one cache key must mean one set of weights whether `solidrl sft` (torch's default
+    threads), probe-check (one thread per run) or a test trained it first.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_sft(cfg, out_dir, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_sft(cfg: TrainConfig, out_dir: Optional[Path], progress: bool) -> Path:
     out_dir = Path(out_dir) if out_dir else sft_dir(cfg)
     task = get_task(cfg.task.name)
     budget = cfg.task.max_new_tokens or task.max_new_tokens
