@@ -24,7 +24,7 @@ over the batch (epochs = 2) would clip, whose ratio pi_new / pi_old exists after
 on-policy first pass has ratio exactly 1): the predictor sees only the log-ratios' mean and spread.
 
 Writes to --out: table.md, report.json, plots/<predictor>__<metric>.png (predicted vs observed, every
-model, y = x), <model>/rows.jsonl (every step's row). BENCHMARKS.md quotes the table.
+model, y = x), <model>/rows.jsonl (every step's row). docs/transfer.md quotes the table.
 Left out: more than one step (trajectories are probe-check's), learning-rate sweeps beyond eta/2.
 """
 from __future__ import annotations
