@@ -274,6 +274,16 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _symlog_ticks(thr: float, lo: float, hi: float) -> list[float]:
+    """0 and the decades at or beyond the linear threshold that the data [lo, hi] reach, per sign: the
+    default symlog ticks also put +-thr one decade beside 0, where their labels overlap."""
+    def decades(vmax: float) -> list[float]:
+        if vmax < thr:
+            return []
+        return [10.0 ** k for k in range(math.ceil(math.log10(thr)), math.ceil(math.log10(vmax)) + 1)]
+    return [-x for x in reversed(decades(-lo))] + [0.0] + decades(hi)
+
+
 def plots(report: dict[str, Any], pairs: dict[str, dict], out: Path) -> list[str]:
     """One figure per (predictor, metric): predicted vs observed at eta (filled) and eta/2 (open), y = x."""
     import matplotlib
@@ -309,6 +319,9 @@ def plots(report: dict[str, Any], pairs: dict[str, dict], out: Path) -> list[str
             thr = float(np.quantile(nz, 0.1))
             ax.set_xscale("symlog", linthresh=thr)
             ax.set_yscale("symlog", linthresh=thr)
+            ticks = _symlog_ticks(thr, lo, hi)
+            ax.set_xticks(ticks)
+            ax.set_yticks(ticks)
         ax.set_xlabel(f"observed {key[1]}")
         ax.set_ylabel(f"predicted ({key[0]})")
         ax.set_title(f"{key[0]}: {key[1]}\nfilled: eta, open: eta/2", fontsize=9)

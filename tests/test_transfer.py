@@ -72,3 +72,14 @@ def test_calibrated_lr_hits_the_target_of_a_quadratic_kl():
     for bad in (0.0, float("nan"), -1.0):
         with pytest.raises(ConfigError, match="--target-kl 0"):
             calibrated_lr(eta0, bad, 0.01)
+
+
+def test_symlog_ticks_keep_labels_apart_and_cover_the_data():
+    """Ticks: 0, then decades >= the linear threshold on each side the data reach (none inside (0, thr),
+    where the default symlog ticks crowd 0 and their labels overlap)."""
+    from solidrl.probes.transfer import _symlog_ticks
+
+    assert _symlog_ticks(5.75e-4, -0.088, 0.0019) == [-0.1, -0.01, -0.001, 0.0, 0.001, 0.01]
+    assert _symlog_ticks(1e-3, 0.0, 0.5) == [0.0, 0.001, 0.01, 0.1, 1.0]   # nothing below 0: no negative ticks
+    for t in _symlog_ticks(3e-5, -2e-2, 7e-3):
+        assert t == 0 or abs(t) >= 3e-5
