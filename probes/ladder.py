@@ -393,9 +393,10 @@ def write_plots(out: Path, plan: Plan, records: list[dict], table: list[dict]) -
         ax.plot(x, obs, "o", color="C0", label="observed")
         ax.set_xticks(x, [r["rung"] for r in rows], rotation=45, ha="right", fontsize=8)
         ax.set_yscale("symlog", linthresh=1e-4)
-        ax.set_ylim(bottom=0)
+        top = np.nanmax([*obs, *hi, 1e-4])
+        ax.set_ylim(0, top * 3)  # headroom: the largest point is not cut by the frame
         ax.set_ylabel("Var log(pi_train / pi_rollout)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left")  # the rungs on the left have the smallest variances
         fig.tight_layout()
         p = d / "summary.png"
         fig.savefig(p, dpi=90)
