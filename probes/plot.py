@@ -105,7 +105,9 @@ def plot_run(run_dir: Path, out: Path, metrics: tuple[str, ...] = DEFAULT_METRIC
     if flat_zero:
         title += "\nobserved and predicted exactly 0 on every step: " + ", ".join(flat_zero)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / nrows))
+    # reserve the title's own height (inches per line), not a fraction of the figure: tall figures
+    # otherwise get an inch of blank above the first row
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.1 + 0.17 * (title.count("\n") + 1)) / (3.2 * nrows)))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
