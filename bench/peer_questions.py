@@ -38,7 +38,7 @@ def train(runs: Path) -> None:
 
 
 def bonus(out: Path, cut: bool) -> None:
-    from solidrl.probes.cli import main
+    from solidrl.probes.commands.cli import main
     from solidrl.trainer import algos
 
     orig = algos.entropy_from_logits

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from solidrl.probes.cli import attach_probes
+from solidrl.probes.commands.cli import attach_probes
 from solidrl.probes.recorder import GROUPS, attach
 from solidrl.trainer.config import TrainConfig, apply_overrides
 from solidrl.trainer.loop import Trainer

@@ -2,7 +2,7 @@
 
 Workload, both sides: the cold-start model directory of a named size (solidrl.trainer.sft.cold_start, the
 same directory and tokenizer), task addition, 64 prompts x 8 samples per step with the same prompts at
-every step (probes/trl_callback.py task_dataset), max new tokens = the task budget (6), temperature 1,
+every step (probes/integrations/trl_callback.py task_dataset), max new tokens = the task budget (6), temperature 1,
 top_k 0, AdamW at a constant lr 3e-4, no grad clipping, no KL; solidrl's defaults (GRPO advantage,
 token-mean) and TRL's matching ones (scale_rewards "group", loss_type "dapo"). TRL keeps its other
 defaults (gradient checkpointing on, logging every 10 steps); --trl-no-checkpointing turns checkpointing off.
@@ -70,7 +70,7 @@ def trl_trainer(cfg: TrainConfig, init_dir: str, budget: int, steps: int, checkp
     from transformers.utils import logging as hf_logging
     from trl import GRPOConfig, GRPOTrainer
 
-    from solidrl.probes.trl_callback import task_dataset, task_reward
+    from solidrl.probes.integrations.trl_callback import task_dataset, task_reward
 
     hf_logging.set_verbosity_error()
 

@@ -1,4 +1,4 @@
-"""`solidrl audit RUN_DIR`: a run against the perfect-baseline checklist, pass/fail with the measured value.
+"""The perfect-baseline audit (`solidrl audit RUN_DIR`, probes/commands/audit.py): a run against the perfect-baseline checklist, pass/fail with the measured value.
 
   item             passes when                                                            read from
   on_policy        the loss's ratio pi / pi_old is exactly 1 on every step (max |r - 1| = 0)  ratio/min, ratio/max;
@@ -34,8 +34,8 @@ from typing import Any, Optional
 
 from solidrl.trainer.config import ConfigError, TrainConfig, config_from_dict
 
-from .check import read_rows
-from .cli import command, user_errors
+from .loss_audit import CONSISTENCY_TOL, REL_TOL, SAMPLER_OFFSET_TOL
+from .rundir import read_rows
 
 __all__ = ["AuditItem", "AuditResult", "audit_run", "audit_arm", "grader_accuracy", "MISMATCH_MAX",
            "TRUNCATION_MAX"]
@@ -200,10 +200,68 @@ def audit_run(run_dir: str | Path, mismatch_max: float = MISMATCH_MAX,
         *_loss_audit_items(cfg, rows)])  # loss_terms, consistency (probes/loss_audit.py)
 
 
-def _loss_audit_items(cfg: TrainConfig, rows: list[dict]) -> list[AuditItem]:
-    from .loss_audit import audit_items
+def _loss_verdict(rel: float, cos: Optional[float], norm: float, norm_pred: float) -> str:
+    if norm == 0 and norm_pred > 0:
+        return "zero contribution"
+    if cos is not None and cos < 0:
+        return "wrong sign"
+    if norm_pred == 0 and norm > 0:
+        return "nonzero where the formula gives 0"
+    if cos is not None and cos < 1 - REL_TOL:
+        return "wrong direction"
+    return "wrong magnitude"
 
-    return audit_items(cfg, rows)
+
+def _loss_audit_items(cfg, rows: list[dict], rel_tol: float = REL_TOL,
+                      consistency_tol: float = CONSISTENCY_TOL) -> list[AuditItem]:
+    """The `loss_terms`, `consistency` and `sampler_offset` items from the rows probes/loss_audit.py and
+    probes/consistency.py write."""
+    items = []
+    terms = sorted({k.split("/")[1] for r in rows for k in r if k.startswith("loss_audit/") and k.endswith("/rel_err")})
+    req = f"every term's logit gradient within rel_err {rel_tol:g} of its formula"
+    if not terms:
+        items.append(AuditItem("loss_terms", None, "no loss_audit/* in the rows", req, "n/a"))
+    else:
+        parts, bad = [], []
+        for term in terms:
+            worst = max((r for r in rows if f"loss_audit/{term}/rel_err" in r),
+                        key=lambda r: r[f"loss_audit/{term}/rel_err"])
+            g = lambda k: worst.get(f"loss_audit/{term}/{k}")  # noqa: E731
+            rel = g("rel_err")
+            desc = f"{term}: rel_err {rel:.2g}, |g| {g('grad_norm'):.3g} vs {g('grad_norm_pred'):.3g} pred"
+            if rel > rel_tol:
+                v = _loss_verdict(rel, g("cos"), g("grad_norm"), g("grad_norm_pred"))
+                desc += f" ({v}, step {worst['step']})"
+                bad.append(term)
+            parts.append(desc)
+        tot = [r["loss_audit/total/param_rel_err"] for r in rows if "loss_audit/total/param_rel_err" in r]
+        if tot:
+            parts.append(f"sum of terms vs grad_theta L: rel_err {max(tot):.2g}")
+            if max(tot) > rel_tol:
+                bad.append("total")
+        rew = [r["loss_audit/reward_terms/abs_err_max"] for r in rows if "loss_audit/reward_terms/abs_err_max" in r]
+        if rew:
+            parts.append(f"reward terms: max |err| {max(rew):.2g}")
+            if max(rew) > rel_tol:
+                bad.append("reward_terms")
+        measured = "; ".join(parts) + (f" -- FAILED: {', '.join(bad)}" if bad else "")
+        items.append(AuditItem("loss_terms", not bad, measured, req, "measured"))
+    creq = f"max |dlogp| <= {consistency_tol:g} nats across micro-batch splits and paddings (float32 summation order)"
+    c = [r["consistency/logp_abs_max"] for r in rows if "consistency/logp_abs_max" in r]
+    if c:
+        items.append(AuditItem("consistency", max(c) <= consistency_tol,
+                               f"consistency/logp_abs_max = {max(c):.3g} over {len(c)} steps", creq, "measured"))
+    else:
+        items.append(AuditItem("consistency", None, "no consistency/logp_abs_max in the rows", creq, "n/a"))
+    off = [r["mismatch/sampler_logp_offset_mean"] for r in rows if "mismatch/sampler_logp_offset_mean" in r]
+    if off:  # only where the sampler processes the logits (temperature, top-k, top-p)
+        worst = max(off, key=abs)
+        items.append(AuditItem(
+            "sampler_offset", abs(worst) <= SAMPLER_OFFSET_TOL,
+            f"mean log q(a) - log pi(a) = {worst:.3g} nats (every rollout ratio biased by exp({-worst:.3g}))",
+            f"|offset| <= {SAMPLER_OFFSET_TOL:g}: the sampler's log-probs are the policy's, not of a truncated or "
+            "tempered distribution (TRL #6789)", "measured"))
+    return items
 
 
 def audit_arm(out: str | Path, runs: list[dict], arm: str) -> dict[str, Any]:
@@ -220,25 +278,3 @@ def audit_arm(out: str | Path, runs: list[dict], arm: str) -> dict[str, Any]:
     note = (f"baseline arm {arm!r} fails the perfect-baseline audit ({', '.join(failed)}): {detail}"
             if failed else None)
     return {"arm": arm, "runs": res, "failed": failed, "note": note}
-
-
-@user_errors("solidrl audit")
-def cmd_audit(args) -> int:
-    res = audit_run(args.run_dir, args.mismatch_max, args.truncation_max)
-    print(res.format())
-    if args.json:
-        Path(args.json).write_text(json.dumps(res.to_dict(), indent=2))
-    return 0 if res.passed else 1
-
-
-def _setup_audit(p) -> None:
-    p.add_argument("run_dir", help="a run directory written by `solidrl train` (config.json, metrics.jsonl)")
-    p.add_argument("--mismatch-max", type=float, default=MISMATCH_MAX,
-                   help=f"largest |log pi_train - log pi_rollout| allowed, nats (default {MISMATCH_MAX:g})")
-    p.add_argument("--truncation-max", type=float, default=TRUNCATION_MAX,
-                   help=f"largest mean truncated fraction allowed (default {TRUNCATION_MAX:g})")
-    p.add_argument("--json", help="also write the result as JSON to this file")
-    p.set_defaults(func=cmd_audit)
-
-
-command("audit", "check a run against the perfect-baseline checklist (pass/fail per item, measured values)")(_setup_audit)

@@ -8,8 +8,8 @@ for step `b`, sampled once from the remembered weights and reused by every later
 calls with the same `batch` and different learning rates or advantage estimators are an exact
 A/B: same weights, same tokens (`fingerprint` checks it).
 
-This is what the transfer table (probes/transfer.py) is made of. probe-check's counterfactual
-pairs (probes/check.py, `Shadow`) are different: they follow a baseline *trajectory*, syncing a
+This is what the transfer table (probes/commands/transfer.py) is made of. probe-check's counterfactual
+pairs (probes/check/run.py, `Shadow`) are different: they follow a baseline *trajectory*, syncing a
 second trainer to it before each step; here the weights never move.
 
 Left out: learning-rate schedules and optimizer state carried across steps (a counterfactual step

@@ -49,7 +49,7 @@ from torch import Tensor
 from solidrl.trainer.loop import StepContext, Trainer
 from solidrl.trainer.rollout import response_logits
 
-__all__ = ["LossAudit", "attach", "audit_items", "REL_TOL", "CONSISTENCY_TOL", "pred_pg", "pred_kl",
+__all__ = ["LossAudit", "attach", "REL_TOL", "CONSISTENCY_TOL", "SAMPLER_OFFSET_TOL", "pred_pg", "pred_kl",
            "pred_entropy_bonus", "agg_weights", "pg_logp_coef", "kl_logp_coef"]
 
 F64 = torch.float64
@@ -303,71 +303,3 @@ def attach(trainer: Trainer, every: int | None = None, params: bool = True) -> L
         probe = LossAudit(trainer, every, params).attach()
         trainer._loss_audit = probe
     return probe
-
-
-# ----------------------------------------------------------------------------------------------
-# solidrl audit items
-# ----------------------------------------------------------------------------------------------
-
-def _verdict(rel: float, cos: Optional[float], norm: float, norm_pred: float) -> str:
-    if norm == 0 and norm_pred > 0:
-        return "zero contribution"
-    if cos is not None and cos < 0:
-        return "wrong sign"
-    if norm_pred == 0 and norm > 0:
-        return "nonzero where the formula gives 0"
-    if cos is not None and cos < 1 - REL_TOL:
-        return "wrong direction"
-    return "wrong magnitude"
-
-
-def audit_items(cfg, rows: list[dict], rel_tol: float = REL_TOL, consistency_tol: float = CONSISTENCY_TOL):
-    """The `loss_terms` and `consistency` items of `solidrl audit` from a run's rows."""
-    from .audit import AuditItem
-
-    items = []
-    terms = sorted({k.split("/")[1] for r in rows for k in r if k.startswith("loss_audit/") and k.endswith("/rel_err")})
-    req = f"every term's logit gradient within rel_err {rel_tol:g} of its formula"
-    if not terms:
-        items.append(AuditItem("loss_terms", None, "no loss_audit/* in the rows", req, "n/a"))
-    else:
-        parts, bad = [], []
-        for term in terms:
-            worst = max((r for r in rows if f"loss_audit/{term}/rel_err" in r),
-                        key=lambda r: r[f"loss_audit/{term}/rel_err"])
-            g = lambda k: worst.get(f"loss_audit/{term}/{k}")  # noqa: E731
-            rel = g("rel_err")
-            desc = f"{term}: rel_err {rel:.2g}, |g| {g('grad_norm'):.3g} vs {g('grad_norm_pred'):.3g} pred"
-            if rel > rel_tol:
-                v = _verdict(rel, g("cos"), g("grad_norm"), g("grad_norm_pred"))
-                desc += f" ({v}, step {worst['step']})"
-                bad.append(term)
-            parts.append(desc)
-        tot = [r["loss_audit/total/param_rel_err"] for r in rows if "loss_audit/total/param_rel_err" in r]
-        if tot:
-            parts.append(f"sum of terms vs grad_theta L: rel_err {max(tot):.2g}")
-            if max(tot) > rel_tol:
-                bad.append("total")
-        rew = [r["loss_audit/reward_terms/abs_err_max"] for r in rows if "loss_audit/reward_terms/abs_err_max" in r]
-        if rew:
-            parts.append(f"reward terms: max |err| {max(rew):.2g}")
-            if max(rew) > rel_tol:
-                bad.append("reward_terms")
-        measured = "; ".join(parts) + (f" -- FAILED: {', '.join(bad)}" if bad else "")
-        items.append(AuditItem("loss_terms", not bad, measured, req, "measured"))
-    creq = f"max |dlogp| <= {consistency_tol:g} nats across micro-batch splits and paddings (float32 summation order)"
-    c = [r["consistency/logp_abs_max"] for r in rows if "consistency/logp_abs_max" in r]
-    if c:
-        items.append(AuditItem("consistency", max(c) <= consistency_tol,
-                               f"consistency/logp_abs_max = {max(c):.3g} over {len(c)} steps", creq, "measured"))
-    else:
-        items.append(AuditItem("consistency", None, "no consistency/logp_abs_max in the rows", creq, "n/a"))
-    off = [r["mismatch/sampler_logp_offset_mean"] for r in rows if "mismatch/sampler_logp_offset_mean" in r]
-    if off:  # only where the sampler processes the logits (temperature, top-k, top-p)
-        worst = max(off, key=abs)
-        items.append(AuditItem(
-            "sampler_offset", abs(worst) <= SAMPLER_OFFSET_TOL,
-            f"mean log q(a) - log pi(a) = {worst:.3g} nats (every rollout ratio biased by exp({-worst:.3g}))",
-            f"|offset| <= {SAMPLER_OFFSET_TOL:g}: the sampler's log-probs are the policy's, not of a truncated or "
-            "tempered distribution (TRL #6789)", "measured"))
-    return items

@@ -35,6 +35,10 @@ from typing import Any, Callable, Optional
 
 import torch
 
+import sympy as sp
+
+from solidrl.theory.offpolicy import derive_ratio_decomposition
+from solidrl.theory.predictors import PREDICTORS
 from solidrl.trainer import algos
 from solidrl.trainer.loop import StepContext, Trainer
 from solidrl.trainer.rollout import response_logits
@@ -48,22 +52,12 @@ F64 = torch.float64
 
 def _spread_fn() -> Optional[Callable[[float], float]]:
     """kl_step -> s, the per-step std of the log-ratio from theory.offpolicy.derive_ratio_decomposition."""
-    try:
-        import sympy as sp
-
-        from solidrl.theory.offpolicy import derive_ratio_decomposition
-    except ImportError:
-        return None
     d = derive_ratio_decomposition()
     return sp.lambdify(d.symbols["kl_step"], d.result["ratio/log_std"], "math")
 
 
 def _clip_frac_predictor():
-    try:
-        from solidrl.theory.predictors import PREDICTORS
-    except ImportError:
-        return None
-    return PREDICTORS.get("clip_frac") if "clip_frac" in PREDICTORS else None
+    return PREDICTORS.get("clip_frac")
 
 
 class OffPolicyProbe:

@@ -23,7 +23,6 @@ Left out: gradients of anything but the loss actually minimized (no extra backwa
 """
 from __future__ import annotations
 
-import importlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
+from solidrl.theory.predictors import PREDICTORS
 from solidrl.trainer.config import ConfigError
 from solidrl.trainer.loop import StepContext, Trainer, TrainingError
 from solidrl.trainer.rollout import Rollout, response_logits
@@ -72,22 +72,8 @@ def parse_groups(spec: str) -> frozenset[str]:
 
 
 def load_predictors() -> dict[str, Callable[[dict[str, Tensor]], dict[str, float]]]:
-    """name -> fn(stats) from solidrl.theory.predictors.PREDICTORS, or {} while theory has none."""
-    try:
-        mod = importlib.import_module("solidrl.theory.predictors")
-    except ModuleNotFoundError as e:
-        if e.name not in ("solidrl.theory.predictors", "solidrl.theory"):
-            warnings.warn(f"solidrl.theory.predictors cannot be imported ({e}); predictions are skipped")
-        return {}
-    except ImportError as e:
-        warnings.warn(f"solidrl.theory.predictors cannot be imported ({e}); predictions are skipped")
-        return {}
-    reg = getattr(mod, "PREDICTORS", None)
-    if reg is None:
-        return {}
-    if hasattr(reg, "names") and hasattr(reg, "get"):
-        return {n: reg.get(n) for n in reg.names()}
-    return dict(reg)
+    """name -> fn(stats) for every predictor registered in solidrl.theory.predictors.PREDICTORS."""
+    return {n: PREDICTORS.get(n) for n in PREDICTORS.names()}
 
 
 @dataclass

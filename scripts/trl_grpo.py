@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     import torch
     from trl import GRPOConfig
 
-    from solidrl.probes.trl_callback import SolidrlCallback, SolidrlGRPOTrainer, task_dataset, task_reward
+    from solidrl.probes.integrations.trl_callback import SolidrlCallback, SolidrlGRPOTrainer, task_dataset, task_reward
     from solidrl.trainer.config import TrainConfig, apply_overrides
     from solidrl.trainer.model import MODEL_SIZES, load_pretrained
     from solidrl.trainer.tasks import get_task

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import tiny_overrides
 from solidrl.probes.audit import audit_run, grader_accuracy
-from solidrl.probes.cli import main
+from solidrl.probes.commands.cli import main
 from solidrl.trainer.config import TrainConfig, apply_overrides
 
 ITEMS = ["on_policy", "mismatch", "truncation", "grader", "no_regularizers", "no_staleness",

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from solidrl.probes import check
+from solidrl.probes.check import judge
+from solidrl.probes.commands import check
 from solidrl.trainer.loop import Trainer, TrainingError
 
 from conftest import read_rows
@@ -175,7 +176,7 @@ def test_a_run_that_fails_midway_is_kept_and_named(tmp_path, monkeypatch, solidr
 def test_predictor_outputs_are_recomputed_from_stats_when_rows_lack_them(live, tmp_path):
     import shutil
 
-    from solidrl.probes import hypothesis as H
+    from solidrl.probes.check import hypothesis as H
 
     _, out, hyp_file = live
     hyp = H.load(hyp_file)
@@ -186,7 +187,7 @@ def test_predictor_outputs_are_recomputed_from_stats_when_rows_lack_them(live, t
     shutil.copytree(run, copy_dir)
     rows = [{k: v for k, v in r.items() if not k.startswith("pred/")} for r in read_rows(run)]
     (copy_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    data = check.RunData(hyp, out, record)
+    data = judge.RunData(hyp, out, record)
     p = hyp.predictions[3]
     np.testing.assert_allclose(data.predicted(copy_dir, p, key), data.predicted(run, p, key), rtol=1e-12)
 

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from solidrl.probes import check
-from solidrl.probes import hypothesis as H
+from solidrl.probes.commands import check
+from solidrl.probes.check import hypothesis as H
 from solidrl.theory.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from solidrl.probes.verdict import (_per_seed, allowed_interval, combine, interval_verdict, judge_ab,
+from solidrl.probes.check.verdict import (_per_seed, allowed_interval, combine, interval_verdict, judge_ab,
                                     judge_per_step, judge_trajectory)
 
 INF = math.inf

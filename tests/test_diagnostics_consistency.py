@@ -77,7 +77,7 @@ def test_zero_signal_split_worked_example():
 def test_top_p_sampler_offset_is_the_systematic_part_of_the_ratio_and_fails_the_audit(tmp_path):
     from conftest import read_rows, tiny_overrides
     from solidrl.probes.audit import audit_run
-    from solidrl.probes.cli import main
+    from solidrl.probes.commands.cli import main
 
     over = tiny_overrides(**{"run.steps": 1, "rollout.top_p": 0.9, "probes.groups": "adv", "probes.save_stats": "false"})
     assert main(["train", "--quiet", "--out", str(tmp_path), *[x for k, v in over.items() for x in ("--set", f"{k}={v}")]]) == 0

@@ -1,7 +1,7 @@
 """Lead-time hypotheses: spike leads and cross-correlation leads on synthetic series with a known lead."""
 from pathlib import Path
 
-from solidrl.probes import leadtime as L
+from solidrl.probes.commands import leadtime as L
 
 ROOT = Path(__file__).resolve().parents[1]
 

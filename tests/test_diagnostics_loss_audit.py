@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from conftest import read_rows, tiny_overrides
+from solidrl.probes import audit as A
 from solidrl.probes import loss_audit as LA
 from solidrl.probes.audit import audit_run
-from solidrl.probes.cli import main
+from solidrl.probes.commands.cli import main
 from solidrl.trainer import algos
 
 F64 = torch.float64
@@ -76,9 +77,9 @@ def test_entropy_bonus_closed_form_is_minus_beta_pi_times_logpi_plus_h(agg):
 
 
 def test_verdicts_name_zero_sign_and_magnitude():
-    assert LA._verdict(1.0, None, 0.0, 1.0) == "zero contribution"
-    assert LA._verdict(2.0, -1.0, 1.0, 1.0) == "wrong sign"
-    assert LA._verdict(1.0, 1.0, 2.0, 1.0) == "wrong magnitude"
+    assert A._loss_verdict(1.0, None, 0.0, 1.0) == "zero contribution"
+    assert A._loss_verdict(2.0, -1.0, 1.0, 1.0) == "wrong sign"
+    assert A._loss_verdict(1.0, 1.0, 2.0, 1.0) == "wrong magnitude"
 
 
 # ---- end to end: solidrl train + solidrl audit -------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 from conftest import read_rows, tiny_overrides
 from test_trl_logs import _glossary_names, _pattern
 
-from solidrl.probes.cli import main
+from solidrl.probes.commands.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

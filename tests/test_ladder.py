@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import tiny_overrides
-from solidrl.probes.ladder import FIXES, QUICK, RUNGS, build_plan, format_table, run_ladder
+from solidrl.probes.commands.ladder import FIXES, QUICK, RUNGS, build_plan, format_table, run_ladder
 from solidrl.trainer.config import ConfigError
 
 

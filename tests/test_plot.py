@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 
-from solidrl.probes.cli import main
-from solidrl.probes.plot import predicted_pairs, series
+from solidrl.probes.commands.cli import main
+from solidrl.probes.commands.plot import predicted_pairs
+from solidrl.probes.rundir import points as series
 
 
 def _rows():

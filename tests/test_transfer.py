@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from solidrl.probes.transfer import score
+from solidrl.probes.commands.transfer import score
 
 
 def test_score_worked_example():
@@ -31,7 +31,7 @@ def test_score_leaves_out_what_is_not_computable():
 
 
 def test_transfer_command_end_to_end_on_nano_and_micro(tmp_path, capsys):
-    from solidrl.probes.cli import main
+    from solidrl.probes.commands.cli import main
 
     out = tmp_path / "tr"
     rc = main(["transfer", "--models", "nano,micro", "--n", "3", "--out", str(out), "--quiet",
@@ -62,7 +62,7 @@ def test_transfer_command_end_to_end_on_nano_and_micro(tmp_path, capsys):
 
 
 def test_calibrated_lr_hits_the_target_of_a_quadratic_kl():
-    from solidrl.probes.transfer import calibrated_lr
+    from solidrl.probes.commands.transfer import calibrated_lr
     from solidrl.trainer.config import ConfigError
 
     # kl(eta) = c eta^2 with c = 5e5: at eta0 = 3e-4, kl = 0.045; the target 0.01 needs eta = sqrt(0.01 / c)
@@ -77,7 +77,7 @@ def test_calibrated_lr_hits_the_target_of_a_quadratic_kl():
 def test_symlog_ticks_keep_labels_apart_and_cover_the_data():
     """Ticks: 0, then decades >= the linear threshold on each side the data reach (none inside (0, thr),
     where the default symlog ticks crowd 0 and their labels overlap)."""
-    from solidrl.probes.transfer import _symlog_ticks
+    from solidrl.probes.commands.transfer import _symlog_ticks
 
     assert _symlog_ticks(5.75e-4, -0.088, 0.0019) == [-0.1, -0.01, -0.001, 0.0, 0.001, 0.01]
     assert _symlog_ticks(1e-3, 0.0, 0.5) == [0.0, 0.001, 0.01, 0.1, 1.0]   # nothing below 0: no negative ticks

@@ -1,4 +1,4 @@
-"""TRL's GRPOTrainer with solidrl's probes (probes/trl_callback.py), and the two libraries' numbers side by side.
+"""TRL's GRPOTrainer with solidrl's probes (probes/integrations/trl_callback.py), and the two libraries' numbers side by side.
 
 A real TRL run on CPU: the nano cold start (a local Hugging Face model directory), addition, 8 prompts x 4,
 2 steps, through scripts/trl_grpo.py. Needs the `trl` extra (scripts/install.sh installs it).
@@ -95,7 +95,7 @@ def test_gradient_accumulation_gives_the_same_rows(tmp_path, trl_run):
 def test_from_log_judges_what_the_callbacks_logs_carry(trl_run, tmp_path):
     """trainer_state.json carries the rows' predictor keys (trajectory judged, per-step not: no per-step
     rows); the callback's own metrics.jsonl has one row per step (both judged)."""
-    from solidrl.probes.check import main
+    from solidrl.probes.commands.check import main
 
     out, _, _ = trl_run
     hyp = tmp_path / "h.toml"
@@ -137,7 +137,7 @@ def test_losses_entropy_and_grad_norm_agree_on_identical_inputs(solidrl_cache):
 def test_plain_grpotrainer_with_the_callback_is_refused(solidrl_cache, tmp_path):
     from trl import GRPOConfig, GRPOTrainer
 
-    from solidrl.probes.trl_callback import SolidrlCallback, task_dataset, task_reward
+    from solidrl.probes.integrations.trl_callback import SolidrlCallback, task_dataset, task_reward
     from solidrl.trainer.config import TrainConfig
     from solidrl.trainer.model import load_pretrained
     from solidrl.trainer.sft import cold_start
@@ -157,7 +157,7 @@ def test_the_subclass_trains_as_trl_does(solidrl_cache, tmp_path):
     forward of a probed step changes rounding only); an unprobed step (probes.every = 2) writes the loop's keys."""
     from trl import GRPOConfig, GRPOTrainer
 
-    from solidrl.probes.trl_callback import SolidrlCallback, SolidrlGRPOTrainer, task_dataset, task_reward
+    from solidrl.probes.integrations.trl_callback import SolidrlCallback, SolidrlGRPOTrainer, task_dataset, task_reward
     from solidrl.trainer.config import TrainConfig
     from solidrl.trainer.model import load_pretrained
     from solidrl.trainer.sft import cold_start

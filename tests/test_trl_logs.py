@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from solidrl.probes import logs
-from solidrl.probes.check import main
+from solidrl.probes.integrations import logs
+from solidrl.probes.commands.check import main
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures"

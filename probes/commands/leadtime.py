@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .cli import command, user_errors
+from solidrl.probes.rundir import step_map
+
+from .common import user_errors
 
 __all__ = ["LeadHypothesis", "load", "spikes", "spike_leads", "xcorr", "judge"]
 
@@ -61,11 +63,6 @@ def load(path: str | Path) -> LeadHypothesis:
     if h.method not in ("spikes", "xcorr"):
         raise ValueError(f"{path}: method {h.method!r} unknown; known: spikes, xcorr")
     return h
-
-
-def _series(rows: list[dict], key: str) -> dict[int, float]:
-    return {int(r["step"]): float(r[key]) for r in rows
-            if isinstance(r.get(key), (int, float)) and math.isfinite(float(r[key]))}
 
 
 def spikes(values: dict[int, float], z: float, window: int, min_ratio: float = 1.5) -> list[int]:
@@ -121,7 +118,7 @@ def xcorr(runs: list[tuple[dict[int, float], dict[int, float]]], max_lead: int,
 
 def judge(h: LeadHypothesis, run_rows: list[list[dict]]) -> dict:
     """The verdict dict: verdict, predicted_lead, observed_lead and the method's evidence."""
-    pairs = [(_series(rows, h.leading), _series(rows, h.lagging)) for rows in run_rows]
+    pairs = [(step_map(rows, h.leading), step_map(rows, h.lagging)) for rows in run_rows]
     res: dict = {"name": h.name, "method": h.method, "leading": h.leading, "lagging": h.lagging,
                  "predicted_lead": h.predicted_lead, "runs": len(run_rows)}
     if h.method == "spikes":
@@ -179,11 +176,11 @@ def cmd_leadtime(args) -> int:
     return 0
 
 
-def _setup(p) -> None:
+def setup(p) -> None:
     p.add_argument("hypothesis", help="a lead-time hypothesis file (hypotheses/early_warning/*.toml)")
     p.add_argument("run_dirs", nargs="+", help="run directories written by `solidrl train`")
     p.add_argument("--json", help="also write the verdict as JSON to this file")
     p.set_defaults(func=cmd_leadtime)
 
 
-command("leadtime", "judge a lead-time hypothesis (does metric X lead metric Y?) on finished runs")(_setup)
+HELP = "judge a lead-time hypothesis (does metric X lead metric Y?) on finished runs"

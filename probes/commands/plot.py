@@ -12,11 +12,12 @@ stopped (incomplete last lines are skipped).
 from __future__ import annotations
 
 import argparse
-import math
 from collections import defaultdict
 from pathlib import Path
 
-from .cli import command, user_errors
+from solidrl.probes.rundir import points, read_rows
+
+from .common import user_errors
 
 DEFAULT_METRICS = ("reward/accuracy", "entropy/token_mean", "kl/ref_exact", "grad/norm")
 
@@ -33,32 +34,23 @@ def predicted_pairs(rows: list[dict]) -> dict[str, list[str]]:
     return {m: sorted(p) for m, p in sorted(out.items())}
 
 
-def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of the rows that carry a finite `key`."""
-    pts = [(r["step"], float(r[key])) for r in rows
-           if isinstance(r.get(key), (int, float)) and math.isfinite(float(r[key]))]
-    return [p[0] for p in pts], [p[1] for p in pts]
-
-
 def plot_run(run_dir: Path, out: Path, metrics: tuple[str, ...] = DEFAULT_METRICS) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .check import read_rows
-
     if not (run_dir / "metrics.jsonl").exists():
         raise FileNotFoundError(f"{run_dir} has no metrics.jsonl: not a run directory (make one with solidrl train)")
     rows = read_rows(run_dir)
     if not rows:
         raise FileNotFoundError(f"{run_dir / 'metrics.jsonl'} has no complete row yet")
-    shown = [m for m in metrics if series(rows, m)[0]]
+    shown = [m for m in metrics if points(rows, m)[0]]
     pairs = predicted_pairs(rows)
     # A pair whose observed and predicted values are all exactly 0 (clip fractions on-policy) is a line on
     # the axis: named in the title instead of drawn.
     flat_zero = [m for m, ps in pairs.items()
-                 if not any(v for k in (m, *(f"pred/{p}/{m}" for p in ps)) for v in series(rows, k)[1])]
+                 if not any(v for k in (m, *(f"pred/{p}/{m}" for p in ps)) for v in points(rows, k)[1])]
     pairs = {m: ps for m, ps in pairs.items() if m not in flat_zero}
     n = len(shown) + 2 * len(pairs)
     if n == 0:
@@ -69,18 +61,18 @@ def plot_run(run_dir: Path, out: Path, metrics: tuple[str, ...] = DEFAULT_METRIC
     flat = list(axes.flat)
     i = 0
     for m in shown:
-        x, y = series(rows, m)
+        x, y = points(rows, m)
         flat[i].plot(x, y, "o-", ms=3)
         flat[i].set_title(m, fontsize=9)
         flat[i].set_xlabel("step")
         i += 1
     for metric, preds in pairs.items():
         ax, sc = flat[i], flat[i + 1]
-        x, y = series(rows, metric)
+        x, y = points(rows, metric)
         ax.plot(x, y, "ko-", ms=3, label="observed")
         allv = list(y)
         for j, p in enumerate(preds):
-            px, py = series(rows, f"pred/{p}/{metric}")
+            px, py = points(rows, f"pred/{p}/{metric}")
             ax.plot(px, py, "--", marker="x", ms=4, color=f"C{j}", label=p)
             obs = dict(zip(x, y))
             both = [(obs[s], v) for s, v in zip(px, py) if s in obs]
@@ -123,8 +115,10 @@ def cmd_plot(args) -> int:
     return 0
 
 
-@command("plot", "plot a run's trajectories, every predictor beside what it predicts")
-def _setup(p: argparse.ArgumentParser) -> None:
+HELP = "plot a run's trajectories, every predictor beside what it predicts"
+
+
+def setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a run directory (metrics.jsonl)")
     p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/trajectories.png)")
     p.add_argument("--metrics", default=",".join(DEFAULT_METRICS),

@@ -1,6 +1,6 @@
 """solidrl's probes on TRL's GRPOTrainer: the same metrics.jsonl rows and per-step statistics.
 
-    from solidrl.probes.trl_callback import SolidrlCallback, SolidrlGRPOTrainer
+    from solidrl.probes.integrations.trl_callback import SolidrlCallback, SolidrlGRPOTrainer
     trainer = SolidrlGRPOTrainer(model=..., reward_funcs=[accuracy], args=GRPOConfig(...), train_dataset=...,
                                  callbacks=[SolidrlCallback("runs/trl")])
     trainer.train()
@@ -51,7 +51,7 @@ from solidrl.trainer.loop import StepContext
 from solidrl.trainer.rollout import Rollout
 from solidrl.trainer.tasks import Problem, get_task
 
-from .recorder import Recorder
+from solidrl.probes.recorder import Recorder
 
 __all__ = ["SolidrlCallback", "SolidrlGRPOTrainer", "attach", "trl_config", "task_dataset", "task_reward"]
 
@@ -290,7 +290,7 @@ class SolidrlCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kw):
         tr = self.trainer
         if tr is None:
-            raise TypeError("SolidrlCallback needs SolidrlGRPOTrainer (from solidrl.probes.trl_callback): "
+            raise TypeError("SolidrlCallback needs SolidrlGRPOTrainer (from solidrl.probes.integrations.trl_callback): "
                             "a plain GRPOTrainer exposes neither the batch nor the logits to a callback")
         if not tr.accelerator.is_main_process:
             return
@@ -303,7 +303,7 @@ class SolidrlCallback(TrainerCallback):
         path = getattr(tr.model.config, "_name_or_path", None) or None
         self.cfg = trl_config(args, self.probes, rows, self.task, path)
         model = tr.accelerator.unwrap_model(tr.model)
-        from .recorder import parse_groups
+        from solidrl.probes.recorder import parse_groups
 
         groups = parse_groups(self.probes.groups)
         ref = tr.ref_model

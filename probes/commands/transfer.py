@@ -42,7 +42,7 @@ import torch
 
 from solidrl.trainer.config import TrainConfig, apply_overrides, parse_set_args
 
-from .cli import command, user_errors
+from .common import user_errors
 
 MODELS: dict[str, dict[str, Any]] = {
     "nano": {"model.size": "nano", "task.name": "addition"},
@@ -81,7 +81,7 @@ class _SecondPass:
         from solidrl.trainer.algos import gather_logprobs
         from solidrl.trainer.rollout import response_logits
 
-        from . import metrics as M
+        from solidrl.probes import metrics as M
 
         ro = ctx.rollout
         m = ctx.mask > 0
@@ -130,8 +130,8 @@ def run_model(name: str, n: int, out: Path, overrides: dict[str, Any], progress:
     from solidrl.trainer.loop import Trainer
     from solidrl.trainer.model import count_params
 
-    from .counterfactual import OneStep, fingerprint
-    from .recorder import attach
+    from solidrl.probes.counterfactual import OneStep, fingerprint
+    from solidrl.probes.recorder import attach
 
     t0 = time.perf_counter()
     over = {**MODELS[name], **overrides, **PROBES, "run.steps": n}
@@ -398,8 +398,10 @@ def cmd_transfer(args) -> int:
     return 0
 
 
-@command("transfer", "predicted vs observed one-step changes across model sizes (the transfer table)")
-def _setup(p: argparse.ArgumentParser) -> None:
+HELP = "predicted vs observed one-step changes across model sizes (the transfer table)"
+
+
+def setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
     p.add_argument("--n", type=int, default=8, help="batches (counterfactual steps) per model and learning rate")
     p.add_argument("--out", default="runs/transfer", help="output folder")

@@ -43,8 +43,9 @@ import numpy as np
 
 from solidrl.trainer.config import ConfigError, TrainConfig, apply_overrides, parse_set_args, validate
 
-from .check import read_rows, series  # the run-directory readers probe-check uses
-from .cli import command, user_errors
+from solidrl.probes.rundir import by_step, read_rows
+
+from .common import user_errors
 
 __all__ = ["Rung", "Fix", "RUNGS", "FIXES", "Plan", "build_plan", "run_ladder", "QUICK", "FULL"]
 
@@ -183,9 +184,8 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Run (or reuse) one ladder run; returns its record. Runs in a worker process when --jobs > 1."""
     import torch
 
+    from solidrl.probes import offpolicy, recorder
     from solidrl.trainer.loop import Trainer
-
-    from . import offpolicy
 
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
@@ -201,13 +201,7 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         t = Trainer(cfg, d, progress=False)
-        try:
-            from .recorder import attach
-        except ModuleNotFoundError as e:
-            if e.name != "solidrl.probes.recorder":
-                raise
-        else:
-            attach(t)
+        recorder.attach(t)
         offpolicy.attach(t)
         st = t.run()
     except Exception as e:  # noqa: BLE001 - one broken run must not sink the ladder; it is reported
@@ -243,14 +237,14 @@ def summarize(rec: dict[str, Any], out: Path, steps: int) -> dict[str, Any]:
     st = rec["status"]
     s: dict[str, Any] = {"collapse_step": st.get("step") if st.get("status") == "collapsed" else None,
                          "collapse_kind": st.get("kind"), "failed": st.get("status") == "failed"}
-    acc = series(rows, "reward/accuracy", steps)
+    acc = by_step(rows, "reward/accuracy", steps)
     done = acc[np.isfinite(acc)]
     s["final_acc"] = float(done[-3:].mean()) if done.size else None
     for name, (key, steady) in SUMMARY_KEYS.items():
-        x = series(rows, key, steps)
+        x = by_step(rows, key, steps)
         s[name] = _nanmean(x[warm:] if steady else x)
     if rec["fix"] in ("tis", "icepop"):
-        s["touched_pred"] = _nanmean(series(rows, f"pred/{rec['fix']}/correction/touched_frac", steps))
+        s["touched_pred"] = _nanmean(by_step(rows, f"pred/{rec['fix']}/correction/touched_frac", steps))
     return s
 
 
@@ -301,7 +295,7 @@ def format_table(table: list[dict[str, Any]]) -> str:
 
 
 def _mean_series(out: Path, records: list[dict], rung: str, fix: str, key: str, n: int) -> Optional[np.ndarray]:
-    xs = [series(read_rows(out / r["dir"]), key, n) for r in records if r["rung"] == rung and r["fix"] == fix]
+    xs = [by_step(read_rows(out / r["dir"]), key, n) for r in records if r["rung"] == rung and r["fix"] == fix]
     if not xs:
         return None
     x = np.vstack(xs)
@@ -486,7 +480,7 @@ def cmd_ladder(args) -> int:
     return 0
 
 
-def _setup_ladder(p) -> None:
+def setup(p) -> None:
     p.add_argument("--quick", action="store_true",
                    help=f"{len(QUICK['rungs'])} rungs, fixes on {', '.join(QUICK['fix_on'])}, 1 seed, "
                         f"{QUICK['steps']} steps of 16x8 samples (about 10 minutes on 2 cores)")
@@ -504,4 +498,4 @@ def _setup_ladder(p) -> None:
     p.set_defaults(func=cmd_ladder)
 
 
-command("ladder", "run the baseline, rungs of increasing off-policy breakage, and each fix; table + plots")(_setup_ladder)
+HELP = "run the baseline, rungs of increasing off-policy breakage, and each fix; table + plots"

@@ -1,0 +1,79 @@
+"""What every `solidrl` subcommand shares: one-line user errors, and the config from the common flags.
+
+Every user mistake (unknown name, bad override, model directory that does not load, a malformed
+file) ends with one line `<prog>: error: ...` and exit code 2 (1 for a failed run), never a
+traceback; nothing already written is removed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+from solidrl.probes.errors import InputError
+from solidrl.theory.registry import UnknownNameError
+from solidrl.trainer.config import ConfigError, TrainConfig, apply_overrides, parse_set_args
+from solidrl.trainer.loop import TrainingError
+from solidrl.trainer.model import ModelLoadError
+
+__all__ = ["user_errors", "build_config", "add_common"]
+
+
+def user_errors(prog: str) -> Callable:
+    """Decorator: turn known user-facing exceptions into one line on stderr + exit code."""
+
+    def deco(fn):
+        def wrapped(*a, **kw):
+            try:
+                return fn(*a, **kw)
+            except (ConfigError, UnknownNameError, ModelLoadError, FileNotFoundError, InputError) as e:
+                print(f"{prog}: error: {e}", file=sys.stderr)
+                return 2
+            except TrainingError as e:
+                print(f"{prog}: run failed: {e}", file=sys.stderr)
+                return 1
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted; what was written so far is kept", file=sys.stderr)
+                return 130
+
+        return wrapped
+
+    return deco
+
+
+def build_config(args) -> TrainConfig:
+    """Config from the common flags (--task, --model-size, --model, --steps, --seed) and --set."""
+    over: dict[str, object] = {}
+    if getattr(args, "config", None):
+        import tomllib
+
+        from solidrl.trainer.config import flatten
+
+        try:
+            over.update(flatten(tomllib.loads(Path(args.config).read_text())))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{args.config}: not valid TOML ({e})") from None
+    for flag, key in (("task", "task.name"), ("model_size", "model.size"), ("model", "model.path"),
+                      ("steps", "run.steps"), ("seed", "run.seed"), ("device", "run.device")):
+        v = getattr(args, flag, None)
+        if v is not None:
+            over[key] = v
+    over.update(parse_set_args(getattr(args, "set", None) or []))
+    cfg = apply_overrides(TrainConfig(), over)
+    changed = {k: v for k, v in over.items()}
+    if changed and not getattr(args, "quiet", False):
+        print("overrides: " + ", ".join(f"{k}={v}" for k, v in changed.items()), file=sys.stderr)
+    return cfg
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", help="registered task name (see `solidrl tasks`)")
+    p.add_argument("--model-size", help="named model size: nano, micro, small")
+    p.add_argument("--model", help="a local Hugging Face model directory (or a registered model name)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu (default) or cuda")
+    p.add_argument("--config", help="a TOML file of overrides ([algo] advantage = 'rloo', ...)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any config field by dotted name, e.g. --set algo.advantage=rloo (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
