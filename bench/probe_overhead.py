@@ -7,11 +7,14 @@ per arm is the median over steps of t_arm(k) / t_bare(k), with the middle 50% of
 it, 1 + (the recorder's own time in the step's hooks, time/probes_s) / (the bare step), steadier when
 the machine is shared.
 
-Arms: bare (probes.enabled=false), default (the recorder at cfg.probes defaults: every group, every
-step, stats file, predictors), train (everything `solidrl train` attaches: the recorder, the off-policy
-probe, the diagnostics, and the loss audit + consistency check every probes.audit_every = 10 steps),
-subsetK (the default set with probes.max_states = K: the new-policy and reference forwards, the
-expensive part, on K of the batch's sequences), all_but_pred, entropy+grad, each probe group alone, and stats (only the stats file).
+Every arm is a set of probes.* overrides and gets exactly what `solidrl train --set ...` attaches with
+them (probes/probeset.py `attach_probes`); the printed table and the JSON give each arm's --set flags.
+Arms: bare (probes.enabled=false), train (`solidrl train` with no --set: every group, the loss-term
+audit and the consistency check every probes.audit_every = 10 steps), default (the recorder's groups,
+recorder.RECORDER_GROUPS, at cfg.probes defaults: stats file, predictors), subsetK (default with
+probes.max_states = K: the new-policy and reference forwards, the expensive part, on K of the batch's
+sequences), all_but_pred (the recorder's groups but pred), a group alone or groups joined by '+'
+(entropy+grad: `--set probes.groups=entropy,grad`), stats (no group: only the stats file).
 Targets (the issue): default <= 1.35x a bare step; entropy and grad probes alone <= 1.05x.
 
     .venv/bin/python bench/probe_overhead.py [--sizes nano micro] [--steps 30] [--warmup 3]
@@ -30,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from solidrl.probes.commands.cli import attach_probes
-from solidrl.probes.recorder import GROUPS, attach
+from solidrl.probes.probeset import attach_probes
+from solidrl.probes.recorder import GROUPS, RECORDER_GROUPS
 from solidrl.trainer.config import TrainConfig, apply_overrides
 from solidrl.trainer.loop import Trainer
 
@@ -40,22 +43,31 @@ TARGETS = {"default": 1.35, "entropy+grad": 1.05, "entropy": 1.05, "grad": 1.05}
 
 def arm_overrides(arm: str) -> dict[str, str]:
     """probes.* settings of an arm (the rest of the config is the default run)."""
+    recorder_groups = ",".join(g for g in GROUPS if g in RECORDER_GROUPS)
     if arm == "bare":
         return {"probes.enabled": "false"}
-    if arm in ("default", "train"):
+    if arm == "train":
         return {}
+    if arm == "default":
+        return {"probes.groups": recorder_groups}
     if arm.startswith("subset"):  # subset64: the default set with the step / ref forwards on 64 sequences
-        return {"probes.max_states": arm[len("subset"):] or "64"}
+        return {"probes.groups": recorder_groups, "probes.max_states": arm[len("subset"):] or "64"}
     if arm == "all_but_pred":
-        return {"probes.groups": ",".join(g for g in GROUPS if g != "pred"), "probes.save_stats": "false"}
+        return {"probes.groups": ",".join(g for g in GROUPS if g in RECORDER_GROUPS and g != "pred"),
+                "probes.save_stats": "false"}
     if arm == "stats":
         return {"probes.groups": "", "probes.save_stats": "true"}
     groups = arm.split("+")
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
-        raise SystemExit(f"unknown arm {arm!r}; known: bare, default, train, subsetK, all_but_pred, stats, {', '.join(GROUPS)} "
+        raise SystemExit(f"unknown arm {arm!r}; known: bare, train, default, subsetK, all_but_pred, stats, {', '.join(GROUPS)} "
                          "or groups joined by '+'")
     return {"probes.groups": ",".join(groups), "probes.save_stats": "false"}
+
+
+def set_flags(arm: str) -> str:
+    """The `solidrl train` flags that attach what this arm measures."""
+    return " ".join(f"--set {k}={v}" for k, v in arm_overrides(arm).items())
 
 
 def bench_size(size: str, arms: list[str], steps: int, warmup: int, threads: int, task: str = "addition") -> dict:
@@ -66,10 +78,7 @@ def bench_size(size: str, arms: list[str], steps: int, warmup: int, threads: int
         d = tempfile.TemporaryDirectory()
         dirs.append(d)
         t = Trainer(cfg, d.name, progress=False)
-        if arm == "train":
-            attach_probes(t)
-        elif arm != "bare":
-            attach(t)
+        attach_probes(t)  # what `solidrl train` attaches with this arm's --set flags (nothing for bare)
         trainers[arm] = t
     times: dict[str, list[float]] = {a: [] for a in arms}
     probe_s: dict[str, list[float]] = {a: [] for a in arms}
@@ -100,7 +109,7 @@ def bench_size(size: str, arms: list[str], steps: int, warmup: int, threads: int
                             "probes_s_median": statistics.median(probe_s[arm]),
                             # the probes' own time (time/probes_s) over the bare step: less noisy than the ratio
                             "hook_ratio": 1.0 + statistics.median(probe_s[arm]) / statistics.median(bare),
-                            "target": TARGETS.get(arm)}
+                            "target": TARGETS.get(arm), "set": set_flags(arm)}
     return out
 
 
@@ -126,11 +135,11 @@ def main(argv=None) -> int:
         results.append(r)
         print(f"\n{size}, {args.task}: bare step {r['bare_step_s_median'] * 1e3:.1f} ms (median of {args.steps}), "
               f"{r['threads']} threads, mean response {r['response_length_mean']:.1f} tokens")
-        print(f"  {'arm':<14} {'ratio':>6} {'q25-q75':>13} {'1+hook/bare':>11} {'step ms':>8} {'probes ms':>9}  target")
+        print(f"  {'arm':<14} {'ratio':>6} {'q25-q75':>13} {'1+hook/bare':>11} {'step ms':>8} {'probes ms':>9}  target  flags")
         for arm, a in r["arms"].items():
             tgt = f"<= {a['target']:.2f} {'ok' if a['ratio_median'] <= a['target'] else 'MISSED'}" if a["target"] else ""
             print(f"  {arm:<14} {a['ratio_median']:6.3f} {a['ratio_q25']:6.3f}-{a['ratio_q75']:<6.3f} {a['hook_ratio']:11.3f} "
-                  f"{a['step_s_median'] * 1e3:8.1f} {a['probes_s_median'] * 1e3:9.1f}  {tgt}")
+                  f"{a['step_s_median'] * 1e3:8.1f} {a['probes_s_median'] * 1e3:9.1f}  {tgt}  {a['set']}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": "python bench/probe_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -15,8 +15,9 @@ Where each quantity comes from (the trainer imports nothing from here):
                         stats file and the predictors; optionally the JVP first-order logit change
 Nothing is cached across steps. Entropies and KLs are float64 from log_softmax of the logits.
 
-Probe groups (cfg.probes.groups, 'all' by default): see GROUPS. A quantity that cannot be computed is
-absent from the row, never 0. A non-finite logit in a probe forward stops the run with a one-line
+Probe groups (cfg.probes.groups, 'all' by default): see GROUPS; the Recorder serves RECORDER_GROUPS,
+probes/probeset.py attaches the other probes by theirs. A quantity that cannot be computed is absent
+from the row, never 0. A non-finite logit in a probe forward stops the run with a one-line
 TrainingError naming the step and the quantity; the rows written so far stay in metrics.jsonl.
 
 Left out: gradients of anything but the loss actually minimized (no extra backward passes).
@@ -39,7 +40,7 @@ from solidrl.trainer.rollout import Rollout, response_logits
 
 from . import metrics as M
 
-__all__ = ["GROUPS", "Recorder", "attach", "parse_groups", "load_predictors", "PASS_KS"]
+__all__ = ["GROUPS", "RECORDER_GROUPS", "Recorder", "attach", "parse_groups", "load_predictors", "PASS_KS"]
 
 F64 = torch.float64
 
@@ -54,7 +55,15 @@ GROUPS: dict[str, str] = {
     "adv": "advantage statistics and the all-zero group fraction",
     "cov": "Cov(log pi, A) and the update weight on the top-20% entropy tokens",
     "pred": "registered predictors' outputs from the step's batch statistics",
+    # the groups below are the other probes' (probes/probeset.py attaches each when its group is on)
+    "offpolicy": "rollout ratio pi_old / pi_rollout, correction weights, token lags (probes/offpolicy.py)",
+    "diagnostics": "why groups gave no signal, lengths by outcome, the sampler's offset (probes/diagnostics.py)",
+    "loss_terms": "each loss term's logit gradient vs its formula, every probes.audit_every steps (probes/loss_audit.py)",
+    "consistency": "log-probs under other micro-batch splits and paddings, every probes.audit_every steps "
+                   "(probes/consistency.py)",
 }
+RECORDER_GROUPS = frozenset(("entropy", "step", "ref", "grad", "ratio", "mismatch", "outcome", "adv", "cov", "pred"))
+"""The groups this module's Recorder serves; the rest of GROUPS belong to the probes probeset.py attaches."""
 PASS_KS = (1, 2, 4)
 """pass@k is logged for these k that fit the group size, and for k = group size."""
 TOP_ENTROPY_FRAC = 0.2

@@ -15,9 +15,11 @@ import pytest
 
 from solidrl.probes.check import judge
 from solidrl.probes.commands import check
+from solidrl.probes.probeset import attach_probes
+from solidrl.trainer.config import config_from_dict
 from solidrl.trainer.loop import Trainer, TrainingError
 
-from conftest import read_rows
+from conftest import read_rows, strip_time
 
 TINY = """
 name = "tiny"
@@ -101,16 +103,57 @@ def live(tmp_path_factory, solidrl_cache):
     return int(done.read_text()), out, hyp
 
 
+def _series(run_dir: Path, key: str, steps: int = 3) -> np.ndarray:
+    """[steps] values of `key` by step from the rows (NaN where a row lacks it): written here, not rundir's."""
+    x = np.full(steps, np.nan)
+    for r in read_rows(run_dir):
+        if key in r:
+            x[r["step"]] = r[key]
+    return x
+
+
+def _verdict_of(lo: float, hi: float, a, b) -> str:
+    """The interval rule of docs/probe-check.md: inside the allowed interval confirms, disjoint refutes."""
+    a = -np.inf if a is None else a
+    b = np.inf if b is None else b
+    return "confirmed" if a <= lo and hi <= b else "refuted" if hi < a or lo > b else "inconclusive"
+
+
 def test_live_run_writes_a_report_with_a_verdict_per_prediction(live):
     code, out, _ = live
-    assert code in (0, 1)
     rep = json.loads((out / "report.json").read_text())
     assert rep["exit_code"] == code
     assert [p["label"] for p in rep["predictions"]] == LABELS
     for p in rep["predictions"]:
-        assert p["verdict"] in ("confirmed", "refuted", "inconclusive")
-        assert p["criteria"] and p["criteria"][0]["value"] is not None
+        c = p["criteria"][0]
+        assert c["interval"][0] <= c["value"] <= c["interval"][1] or p["kind"] == "trajectory"
+        assert p["verdict"] == c["verdict"] == _verdict_of(*c["interval"], *c["allowed"])
         assert (out / p["plot"]).exists()
+    # the exit code: 0 only when every prediction is confirmed (and no run failed)
+    assert code == (0 if all(p["verdict"] == "confirmed" for p in rep["predictions"]) else 1)
+    # Each observed value recomputed from the run rows, independently of judge.py / verdict.py.
+    runs = out / "runs"
+    B = [runs / "baseline" / f"seed{s}" for s in (0, 1)]
+    T = [runs / "treatment" / f"seed{s}" for s in (0, 1)]
+    pr = rep["predictions"]
+    shadow = np.array([_series(b / "cf-treatment", "grad/norm") for b in B])
+    base = np.array([_series(b, "grad/norm") for b in B])
+    np.testing.assert_allclose(pr[0]["criteria"][0]["value"], shadow.mean() - base.mean(), rtol=1e-12)
+    treat = np.array([_series(t, "grad/norm") for t in T])
+    np.testing.assert_allclose(pr[1]["criteria"][0]["value"], treat.mean() / base.mean(), rtol=1e-12)
+    acc_b = [_series(b, "reward/accuracy")[-1] for b in B]
+    acc_t = [_series(t, "reward/accuracy")[-1] for t in T]
+    np.testing.assert_allclose(pr[2]["criteria"][0]["value"], np.mean(acc_t) - np.mean(acc_b), atol=1e-12)
+    pred = np.concatenate([_series(b, "pred/cov_entropy/entropy/delta") for b in B])
+    obs = np.concatenate([_series(b, "entropy/delta") for b in B])
+    assert np.isfinite(pred).all() and np.isfinite(obs).all()
+    assert pr[3]["criteria"][0]["value"] == np.mean(np.sign(pred) == np.sign(obs))
+    # trajectory: mean predicted one-step change over the mean per-seed least-squares slope of the observed
+    slope = np.mean([np.polyfit(np.arange(3.0), _series(b, "entropy/token_mean"), 1)[0] for b in B])
+    np.testing.assert_allclose(pr[4]["criteria"][0]["value"], pred.mean() / slope, rtol=1e-9)
+    # probe-check's runs carry the whole `solidrl train` probe set: the baseline's audit measures every item
+    items = {i["name"]: i for i in rep["audit"]["runs"]["runs/baseline/seed0"]["items"]}
+    assert items["loss_terms"]["source"] == "measured" and items["consistency"]["source"] == "measured"
     assert rep["predictions"][3]["n"]["pairs"] == 6    # 2 seeds x 3 steps
     assert {(r["arm"], r["seed"], r["status"]) for r in rep["runs"]} == {
         ("baseline", 0, "finished"), ("baseline", 1, "finished"), ("treatment", 0, "finished"),
@@ -123,7 +166,7 @@ def test_live_run_writes_a_report_with_a_verdict_per_prediction(live):
     assert -1 <= c["interval"][0] <= c["value"] <= c["interval"][1] <= 1
 
 
-def test_counterfactual_shadow_takes_every_step_on_the_same_batch(live):
+def test_counterfactual_shadow_takes_every_step_on_the_same_batch(live, tmp_path):
     _, out, _ = live
     for seed in (0, 1):
         base = read_rows(out / "runs" / "baseline" / f"seed{seed}")
@@ -133,8 +176,14 @@ def test_counterfactual_shadow_takes_every_step_on_the_same_batch(live):
         # Same batch, same grader, no reward shaping: rewards agree exactly; the updates differ.
         assert [r["reward/accuracy"] for r in shadow] == [r["reward/accuracy"] for r in base]
         assert all(s["grad/norm"] != b["grad/norm"] for s, b in zip(shadow, base))
-    # The shadow never moves the baseline: its trajectory equals the plain treatment-free run's.
-    assert not (out / "runs" / "treatment" / "seed0" / "cf-baseline").exists()
+    assert not (out / "runs" / "treatment" / "seed0" / "cf-baseline").exists()  # only the pair's baseline shadows
+    # The shadow never moves the baseline: its rows equal those of the same config run without a shadow.
+    d = out / "runs" / "baseline" / "seed0"
+    cfg = config_from_dict(json.loads((d / "config.json").read_text()))
+    t = Trainer(cfg, tmp_path / "alone", progress=False)
+    attach_probes(t)
+    assert t.run()["status"] == "finished"
+    assert strip_time(read_rows(tmp_path / "alone")) == strip_time(read_rows(d))
 
 
 def test_from_run_gives_the_live_verdicts(live, tmp_path):
@@ -192,13 +241,31 @@ def test_predictor_outputs_are_recomputed_from_stats_when_rows_lack_them(live, t
     np.testing.assert_allclose(data.predicted(copy_dir, p, key), data.predicted(run, p, key), rtol=1e-12)
 
 
-def test_unknown_metric_stops_at_the_first_step_and_lists_the_known(tmp_path, solidrl_cache, capsys):
+def test_unknown_metric_stops_before_any_run_with_the_close_matches(tmp_path, capsys):
     hyp = tmp_path / "h.toml"
     hyp.write_text(TINY.split("[[predict]]")[0].replace("steps = 3", "steps = 2")
-                   + '[[predict]]\nkind = "ab"\nmetric = "entropy/nonexistent"\ncompare = "direction"\n'
+                   + '[[predict]]\nkind = "ab"\nmetric = "entropy/tokem_mean"\ncompare = "direction"\n'
                    + 'direction = "increase"\n')
     assert check.main([str(hyp), "--quick", "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("\n") == 1
-    assert "field 'predict[0].metric': unknown metric 'entropy/nonexistent'" in err
-    assert "known: " in err and "entropy/token_mean" in err
+    assert "field 'predict[0].metric': unknown metric 'entropy/tokem_mean'" in err
+    assert "close matches: entropy/token_mean" in err
+    assert not (tmp_path / "out" / "runs").exists()  # refused when parsed: no cold start, no run
+
+
+def test_a_glossary_metric_the_probe_set_lacks_stops_at_step_0_and_marks_the_run_failed(tmp_path, solidrl_cache,
+                                                                                        capsys):
+    """The step-0 check (the second line of defence): kl/ref_exact is in the glossary, but probes.groups
+    leaves the ref group out; the run stops at step 0, exit 2, and its status.json says failed, not running."""
+    hyp = tmp_path / "h.toml"
+    hyp.write_text(TINY.split("[[predict]]")[0].replace("steps = 3", "steps = 2")
+                   .replace("[baseline]", '[baseline]\nprobes.groups = "entropy"')
+                   + '[[predict]]\nkind = "ab"\nmetric = "kl/ref_exact"\ncompare = "direction"\n'
+                   + 'direction = "increase"\n')
+    assert check.main([str(hyp), "--quick", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert "metric 'kl/ref_exact' is not in the rows of arm 'baseline'" in err and "entropy/token_mean" in err
+    st = json.loads((tmp_path / "out" / "runs" / "baseline" / "seed0" / "status.json").read_text())
+    assert st["status"] == "failed" and st["step"] == 0 and "kl/ref_exact" in st["reason"]

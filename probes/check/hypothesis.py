@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from solidrl.probes.errors import InputError
+from solidrl.probes.glossary import close_matches, is_known
 
 KINDS = ("per_step", "ab", "counterfactual", "trajectory")
 COMPARES = ("direction", "ratio", "difference")
@@ -208,11 +209,16 @@ class _Checker:
             self.fail(fld, f"expected lo < hi, got [{a}, {b}]")
         return (a, b)
 
-    def metric(self, v, fld) -> str:
+    def metric(self, v, fld, glossary: bool = True) -> str:
+        """A metric name; with glossary, one docs/metrics.md defines (a predictor's output need not be)."""
         self.string(v, fld)
         if not _METRIC.match(v):
             self.fail(fld, f"{v!r} is not a metric name; metric names have the form group/name "
                            "(e.g. entropy/delta, grad/norm, reward/accuracy)")
+        if glossary and not is_known(v):
+            close = close_matches(v)
+            self.fail(fld, f"unknown metric {v!r} (docs/metrics.md defines the names); "
+                           + (f"close matches: {', '.join(close)}" if close else "see docs/metrics.md"))
         return v
 
     def predictor(self, v, fld) -> str:
@@ -434,7 +440,7 @@ def _parse_prediction(c: _Checker, p: Any, i: int, arm_names: tuple[str, ...]) -
         kw["arms"] = (arm, arm)
         kw["predictor"] = c.predictor(p["predictor"], f"{fld}.predictor")
         if "output" in p:
-            kw["output"] = c.metric(p["output"], f"{fld}.output")
+            kw["output"] = c.metric(p["output"], f"{fld}.output", glossary=False)
     if kind == "per_step":
         if "min_r" in p:
             kw["min_r"] = c.number(p["min_r"], f"{fld}.min_r", lo=-1, hi=1)
@@ -476,7 +482,7 @@ def _parse_predicted(c: _Checker, p: dict, fld: str) -> Predicted:
             c.fail(f"{fld}.output", "output names a predictor's output; this prediction gives a value")
         return Predicted(compare, value=c.number(p["value"], f"{fld}.value"), tolerance=tol)
     pred = c.predictor(p["predictor"], f"{fld}.predictor")
-    out = c.metric(p["output"], f"{fld}.output") if "output" in p else None
+    out = c.metric(p["output"], f"{fld}.output", glossary=False) if "output" in p else None
     return Predicted(compare, predictor=pred, output=out or c.metric(p["metric"], f"{fld}.metric"), tolerance=tol)
 
 

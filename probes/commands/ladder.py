@@ -99,7 +99,7 @@ FIXES: dict[str, Fix] = {f.name: f for f in (
 
 COMMON = {
     "probes.save_stats": False,
-    "probes.groups": "entropy,step,ratio,mismatch,pred",
+    "probes.groups": "entropy,step,ratio,mismatch,pred,offpolicy",
     "run.collapse_reward_floor": 0.05,  # the cold start answers ~35-40% right; 5% is a broken policy
     "run.collapse_patience": 3,
     "run.collapse_entropy_high": 0.9,
@@ -184,7 +184,7 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Run (or reuse) one ladder run; returns its record. Runs in a worker process when --jobs > 1."""
     import torch
 
-    from solidrl.probes import offpolicy, recorder
+    from solidrl.probes.probeset import attach_probes
     from solidrl.trainer.loop import Trainer
 
     if job.get("threads"):
@@ -201,8 +201,7 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         t = Trainer(cfg, d, progress=False)
-        recorder.attach(t)
-        offpolicy.attach(t)
+        attach_probes(t)  # COMMON's probes.groups: the recorder's groups the table reads, and offpolicy
         st = t.run()
     except Exception as e:  # noqa: BLE001 - one broken run must not sink the ladder; it is reported
         st = {"status": "failed", "reason": f"{type(e).__name__}: {e}".splitlines()[0]}

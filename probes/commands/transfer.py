@@ -131,14 +131,14 @@ def run_model(name: str, n: int, out: Path, overrides: dict[str, Any], progress:
     from solidrl.trainer.model import count_params
 
     from solidrl.probes.counterfactual import OneStep, fingerprint
-    from solidrl.probes.recorder import attach
+    from solidrl.probes.probeset import attach_probes
 
     t0 = time.perf_counter()
     over = {**MODELS[name], **overrides, **PROBES, "run.steps": n}
     cfg = apply_overrides(TrainConfig(), over)
     d = out / name
     trainer = Trainer(cfg, d, progress=progress)
-    rec = attach(trainer)
+    rec = attach_probes(trainer).recorder  # PROBES's groups: the recorder alone
     second = _SecondPass()
     trainer.add_hook("step_end", second)
     fp: dict[int, set] = {}

@@ -303,9 +303,9 @@ class SolidrlCallback(TrainerCallback):
         path = getattr(tr.model.config, "_name_or_path", None) or None
         self.cfg = trl_config(args, self.probes, rows, self.task, path)
         model = tr.accelerator.unwrap_model(tr.model)
-        from solidrl.probes.recorder import parse_groups
+        from solidrl.probes.probeset import trl_groups
 
-        groups = parse_groups(self.probes.groups)
+        groups = trl_groups(self.probes.groups)  # the recorder's groups: the other probes need solidrl's trainer
         ref = tr.ref_model
         if ref is None and "ref" in groups:
             ref = copy.deepcopy(model).eval().requires_grad_(False)  # the policy at train begin, like solidrl's
