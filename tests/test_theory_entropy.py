@@ -122,9 +122,17 @@ def _lambdified_mean(name, metric, st):
     return float(np.mean(vals * np.ones(len(st["logp"]))))
 
 
+TABULAR_CLAIMS = {"tabular_sgd": "grad/logit_norm", "tabular_npg": "F e_a / pi_a = e_a - pi",
+                  "tabular_adam": "step 1 -> -eta sign(g)"}
+"""Each tabular derivation's own claim beside its two results."""
+
+
 @pytest.mark.parametrize("name", ["tabular_sgd", "tabular_npg", "tabular_adam"])
 def test_tabular_symbolic(name):
-    assert all(getattr(entropy, f"derive_{name}")().verify().values())
+    """Every claim has a residual and each simplifies to 0 (no residuals at all must not pass)."""
+    checks = getattr(entropy, f"derive_{name}")().verify()
+    assert set(checks) == {"entropy/delta", "kl/step", TABULAR_CLAIMS[name]}
+    assert all(checks.values()), checks
 
 
 @pytest.mark.parametrize("name", ["tabular_sgd", "tabular_npg", "tabular_adam"])
