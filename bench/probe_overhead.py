@@ -67,7 +67,7 @@ def arm_overrides(arm: str) -> dict[str, str]:
 
 def set_flags(arm: str) -> str:
     """The `solidrl train` flags that attach what this arm measures."""
-    return " ".join(f"--set {k}={v}" for k, v in arm_overrides(arm).items())
+    return " ".join(f"--set {k}={v}" for k, v in arm_overrides(arm).items()) or "(no --set)"
 
 
 def bench_size(size: str, arms: list[str], steps: int, warmup: int, threads: int, task: str = "addition") -> dict:

@@ -10,6 +10,8 @@ log-probs the trainer's loss uses (ctx.old_logp):
 
 0 means the ratio of an on-policy run is 1 whatever the split; `solidrl audit` requires it to be at most
 loss_audit.CONSISTENCY_TOL (a float32 batch of another shape sums in another order: ~1e-6 on CPU).
+The probe group `consistency` (probes.groups); probes/probeset.py attaches it every probes.audit_every
+steps, the schedule of the probes `solidrl audit` reads.
 Left out: splits along the sequence (sequence packing; solidrl does not pack).
 """
 from __future__ import annotations

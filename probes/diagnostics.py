@@ -21,6 +21,8 @@ At step_end of every probed step:
                               processes the logits (T != 1, top_k > 0 or top_p < 1): a sampler that reports
                               log-probs of the truncated distribution biases every ratio by this offset (TRL #6789)
 
+The probe group `diagnostics` (probes.groups); probes/probeset.py attaches it.
+
 Left out: groups with equal rewards but mixed correctness (possible with a length penalty): they
 count in adv/zero_frac only.
 """

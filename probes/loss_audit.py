@@ -30,9 +30,11 @@ and writes per term (term in pg, kl, entropy_bonus; only terms that are on):
                                     the terms that enter through the reward (length penalty, KL in reward) are
                                     checked by value; their gradient is the PG term's (through the advantage)
 
-`audit_items(cfg, rows)` turns these rows into the `loss_terms` item of `solidrl audit`: a term fails
-when rel_err > REL_TOL, naming it and saying whether its contribution is zero, of the wrong sign or of
-the wrong magnitude.
+Names: this is the probe group `loss_terms` (probes.groups); its rows feed the `loss_terms` item of the
+`solidrl audit` checklist (probes/audit.py `_loss_audit_items`: a term fails when rel_err > REL_TOL,
+naming it and saying whether its contribution is zero, of the wrong sign or of the wrong magnitude),
+which is why its keys are `loss_audit/*` and its schedule is `probes.audit_every` (the schedule of the
+probes the audit reads: this one and probes/consistency.py). probes/probeset.py attaches it.
 
 Left out: updates after the first of a step (mini-batches, epochs repeat the same code path), and
 gradients through the correction weights (they are computed without gradient by design, algos.CORRECTIONS).
@@ -49,7 +51,7 @@ from torch import Tensor
 from solidrl.trainer.loop import StepContext, Trainer
 from solidrl.trainer.rollout import response_logits
 
-__all__ = ["LossAudit", "attach", "REL_TOL", "CONSISTENCY_TOL", "SAMPLER_OFFSET_TOL", "pred_pg", "pred_kl",
+__all__ = ["LossTermsProbe", "attach", "REL_TOL", "CONSISTENCY_TOL", "SAMPLER_OFFSET_TOL", "pred_pg", "pred_kl",
            "pred_entropy_bonus", "agg_weights", "pg_logp_coef", "kl_logp_coef"]
 
 F64 = torch.float64
@@ -241,7 +243,7 @@ def _reward_err(trainer: Trainer, ctx: StepContext) -> Optional[float]:
     return float((ctx.rewards.to(F64) - want).abs().max())
 
 
-class LossAudit:
+class LossTermsProbe:
     """Hooks: after_backward (first update of a probed step) measures; step_end writes the row."""
 
     def __init__(self, trainer: Trainer, every: int = 1, params: bool = True):
@@ -250,7 +252,7 @@ class LossAudit:
         self.params = params
         self._row: dict[str, Any] = {}
 
-    def attach(self) -> "LossAudit":
+    def attach(self) -> "LossTermsProbe":
         self.trainer.add_hook("after_backward", self.after_backward)
         self.trainer.add_hook("step_end", self.step_end)
         return self
@@ -295,11 +297,11 @@ class LossAudit:
         self._row = {}
 
 
-def attach(trainer: Trainer, every: int | None = None, params: bool = True) -> LossAudit:
+def attach(trainer: Trainer, every: int | None = None, params: bool = True) -> LossTermsProbe:
     """Attach once per trainer (a second call returns the first); every defaults to probes.audit_every."""
     every = trainer.cfg.probes.audit_every if every is None else every
     probe = getattr(trainer, "_loss_audit", None)
     if probe is None:
-        probe = LossAudit(trainer, every, params).attach()
+        probe = LossTermsProbe(trainer, every, params).attach()
         trainer._loss_audit = probe
     return probe

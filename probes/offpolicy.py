@@ -23,6 +23,9 @@ and beside them the theory's predictions:
         (sum_j s_j)^2: perfectly aligned steps, the upper bound (the std of a sum is at most the sum of stds)
   kl/step    written only when the recorder did not (same definition: exact KL(pi_old || pi_new), token mean)
 
+The probe group `offpolicy` (probes.groups), predictions included; probes/probeset.py attaches it
+after the recorder. It runs every step, whatever probes.every: the lag predictions need every step's kl/step.
+
 Left out: sequence-level ratio statistics (masked_seq_is's per-sequence geometric means), and the
 loss's own clip fraction (the recorder's `ratio/clip_frac`).
 References: Zheng et al. 2025, MiniRL (arXiv 2512.01374) sec. 2-3 (the two factors of the ratio);

@@ -7,8 +7,9 @@ follows `probes.enabled` and `probes.groups` (recorder.GROUPS; 'all' by default)
   recorder     when a group of recorder.RECORDER_GROUPS is on, or probes.save_stats (the stats file)
   offpolicy    group `offpolicy`; after the recorder: it reuses the recorder's kl/step (its own
                forward only when the recorder wrote none)
-  loss_audit   group `loss_terms`, every probes.audit_every steps (0 = off)
-  consistency  group `consistency`, every probes.audit_every steps (0 = off)
+  loss_terms   group `loss_terms` (probes/loss_audit.py), every probes.audit_every steps (0 = off)
+  consistency  group `consistency`, every probes.audit_every steps (0 = off); these two feed the
+               `solidrl audit` checklist's items of the same names, hence the schedule's name
   diagnostics  group `diagnostics`, every probes.every steps
 
 A probe that is not attached costs nothing: it adds no hook. A command that needs a subset says so
@@ -34,13 +35,13 @@ class ProbeSet:
 
     recorder: Optional[recorder.Recorder] = None
     offpolicy: Optional[offpolicy.OffPolicyProbe] = None
-    loss_audit: Optional[loss_audit.LossAudit] = None
+    loss_terms: Optional[loss_audit.LossTermsProbe] = None
     consistency: Optional[consistency.ConsistencyProbe] = None
     diagnostics: Optional[diagnostics.Diagnostics] = None
 
     def names(self) -> list[str]:
         """The attached probes, in attachment order."""
-        return [n for n in ("recorder", "offpolicy", "loss_audit", "consistency", "diagnostics")
+        return [n for n in ("recorder", "offpolicy", "loss_terms", "consistency", "diagnostics")
                 if getattr(self, n) is not None]
 
 
@@ -57,7 +58,7 @@ def attach_probes(t) -> ProbeSet:
         out.offpolicy = offpolicy.attach(t)  # after the recorder: it reuses the recorder's kl/step
     if p.audit_every > 0:
         if "loss_terms" in g:
-            out.loss_audit = loss_audit.attach(t)
+            out.loss_terms = loss_audit.attach(t)
         if "consistency" in g:
             out.consistency = consistency.attach(t)
     if "diagnostics" in g:

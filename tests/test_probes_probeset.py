@@ -47,7 +47,7 @@ def test_all_attaches_the_train_set_in_order_and_gives_its_rows(tmp_path, solidr
     diagnostics; the rows equal those of the probes attached one by one in that order."""
     cfg = _cfg(**{"run.steps": 1})
     t = Trainer(cfg, tmp_path / "set", progress=False)
-    assert attach_probes(t).names() == ["recorder", "offpolicy", "loss_audit", "consistency", "diagnostics"]
+    assert attach_probes(t).names() == ["recorder", "offpolicy", "loss_terms", "consistency", "diagnostics"]
     t.run()
     u = Trainer(cfg, tmp_path / "by_hand", progress=False)
     recorder.attach(u)

@@ -1,10 +1,10 @@
 """One registry helper for every extension point (advantages, losses, KL estimators, tasks, predictors...).
 
 It lives in theory/ because theory/ sits at the bottom of the dependency graph
-(theory <- probes -> trainer, and trainer may import theory), so every package can use it.
+(theory <- trainer <- probes), so every package can use it.
 
-Rules (ARCHITECTURE.md "Extension points"): one signature per registry, duplicates raise,
-unknown names list the known ones, no aliases.
+Rules (docs/architecture.md, "Extension points", which lists every registry and its signature): one
+signature per registry, duplicates raise, unknown names list the known ones, no aliases.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Loss-side registries: advantages, policy losses, loss aggregation, KL estimators, off-policy corrections.
 
-Every entry is a small pure tensor function with one signature per registry (ARCHITECTURE.md,
+Every entry is a small pure tensor function with one signature per registry (docs/architecture.md,
 "Extension points"); the trainer composes them, the probes and predictors read the same formulas.
 
     ADVANTAGES      fn(rewards[N, G]) -> adv[N, G]                       N prompts, G samples per prompt

@@ -47,7 +47,7 @@ from solidrl.probes.rundir import by_step, read_rows
 
 from .common import user_errors
 
-__all__ = ["Rung", "Fix", "RUNGS", "FIXES", "Plan", "build_plan", "run_ladder", "QUICK", "FULL"]
+__all__ = ["Rung", "Fix", "RUNGS", "FIXES", "LadderPlan", "build_plan", "run_ladder", "QUICK", "FULL"]
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,10 @@ FULL = {"rungs": list(RUNGS),
 
 
 @dataclass
-class Plan:
+class LadderPlan:
+    """Which rungs and fixes a ladder runs, on which seeds, for how many steps (probe-check's plan of a
+    hypothesis is probes/check/hypothesis.py `Plan`)."""
+
     rungs: list[str]
     fix_on: list[str]
     fixes: list[str]
@@ -148,9 +151,9 @@ class Plan:
 
 def build_plan(quick: bool = False, rungs: Optional[list[str]] = None, fix_on: Optional[list[str]] = None,
                fixes: Optional[list[str]] = None, seeds: Optional[list[int]] = None, steps: Optional[int] = None,
-               overrides: Optional[dict[str, Any]] = None) -> Plan:
+               overrides: Optional[dict[str, Any]] = None) -> LadderPlan:
     base = QUICK if quick else FULL
-    p = Plan(rungs=list(rungs or base["rungs"]), fix_on=list(base["fix_on"] if fix_on is None else fix_on),
+    p = LadderPlan(rungs=list(rungs or base["rungs"]), fix_on=list(base["fix_on"] if fix_on is None else fix_on),
              fixes=list(fixes or FIXES), seeds=list(seeds if seeds is not None else base["seeds"]),
              steps=int(steps or base["steps"]), overrides={**base["overrides"], **(overrides or {})},
              mode="quick" if quick else "full")
@@ -247,7 +250,7 @@ def summarize(rec: dict[str, Any], out: Path, steps: int) -> dict[str, Any]:
     return s
 
 
-def aggregate(records: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]:
+def aggregate(records: list[dict[str, Any]], plan: LadderPlan) -> list[dict[str, Any]]:
     """One table row per (rung, fix): seed means of the summaries, collapse steps per seed."""
     table = []
     for rung, fix in plan.pairs():
@@ -303,7 +306,7 @@ def _mean_series(out: Path, records: list[dict], rung: str, fix: str, key: str, 
     return m
 
 
-def write_plots(out: Path, plan: Plan, records: list[dict], table: list[dict]) -> list[str]:
+def write_plots(out: Path, plan: LadderPlan, records: list[dict], table: list[dict]) -> list[str]:
     import warnings
 
     import matplotlib
@@ -402,7 +405,7 @@ def write_plots(out: Path, plan: Plan, records: list[dict], table: list[dict]) -
 # The ladder
 
 
-def run_ladder(plan: Plan, out: str | Path, jobs: int = 1, progress: bool = True) -> dict[str, Any]:
+def run_ladder(plan: LadderPlan, out: str | Path, jobs: int = 1, progress: bool = True) -> dict[str, Any]:
     """Run every (rung, fix, seed) of the plan and write ladder.json, ladder.md and plots/."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
