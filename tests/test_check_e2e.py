@@ -1,9 +1,12 @@
 """probe-check end to end on the nano model: tiny runs (8 prompts x 4 samples, 3 steps, 2 seeds).
 
-What is checked: the exit code and report.json's shape (every prediction carries a verdict and the
-numbers behind it), the plots, the counterfactual shadow (same batch as the baseline step, every
-step), `--from-run` giving the same verdicts as the live run, and a run that fails mid-way keeping
-its directory and being named in the report.
+What is checked: report.json's numbers (each prediction's observed value recomputed here from the
+run rows, its verdict from its interval, the exit code from the verdicts), the plots, the baseline's
+audit measuring every item (probe-check runs carry the full probe set), the counterfactual shadow
+(same batch as the baseline step, every step, and the baseline's rows equal to a run without the
+shadow), `--from-run` giving the same verdicts as the live run, a run that fails mid-way keeping its
+directory and being named in the report, and the two metric checks (the glossary when the file is
+parsed; the rows at step 0).
 """
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ def test_top_p_sampler_offset_is_the_systematic_part_of_the_ratio_and_fails_the_
     from solidrl.probes.audit import audit_run
     from solidrl.probes.commands.cli import main
 
-    over = tiny_overrides(**{"run.steps": 1, "rollout.top_p": 0.9, "probes.groups": "adv", "probes.save_stats": "false"})
+    over = tiny_overrides(**{"run.steps": 1, "rollout.top_p": 0.9, "probes.groups": "diagnostics,offpolicy", "probes.save_stats": "false"})
     assert main(["train", "--quiet", "--out", str(tmp_path), *[x for k, v in over.items() for x in ("--set", f"{k}={v}")]]) == 0
     (r,) = read_rows(tmp_path)
     # fresh tokens, float32 sampler: the whole mean log-ratio is the top-p offset -log(kept mass) > 0

@@ -93,7 +93,7 @@ def _train(out, **over):
 def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("loss_audit")
     _train(d / "default")
-    light = {"probes.groups": "adv", "probes.save_stats": "false"}  # the recorder's other probes are not needed here
+    light = {"probes.groups": "adv,loss_terms", "probes.save_stats": "false"}  # only the probes read here
     _train(d / "bonus", **light, **{"algo.entropy_coef": 0.01, "algo.kl_coef": 0.05, "algo.kl_estimator": "k2"})
     mp = pytest.MonkeyPatch()
     orig = algos.entropy_from_logits

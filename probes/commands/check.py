@@ -5,7 +5,7 @@
     probe-check HYPOTHESIS.toml --from-log ARM=FILE ...           # judge TRL / verl logs (probes/check/from_log.py)
 
 Each (arm, seed) is one ordinary run directory, `<out>/runs/<arm>/seed<s>/` (config.json,
-metrics.jsonl, stats/), with the probes' recorder attached. All seeds of all arms share the cached
+metrics.jsonl, stats/), with `solidrl train`'s probe set attached. All seeds of all arms share the cached
 cold start, and seed s of every arm sees the same prompts at every step (prompts are drawn from
 (run.seed, step)), which is what makes the A/B bootstrap paired.
 

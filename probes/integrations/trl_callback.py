@@ -51,6 +51,7 @@ from solidrl.trainer.loop import StepContext
 from solidrl.trainer.rollout import Rollout
 from solidrl.trainer.tasks import Problem, get_task
 
+from solidrl.probes.probeset import trl_groups
 from solidrl.probes.recorder import Recorder
 
 __all__ = ["SolidrlCallback", "SolidrlGRPOTrainer", "attach", "trl_config", "task_dataset", "task_reward"]
@@ -275,6 +276,7 @@ class SolidrlCallback(TrainerCallback):
 
         self.out = Path(out_dir)
         self.probes = probes if isinstance(probes, ProbesConfig) else ProbesConfig(**(probes or {}))
+        trl_groups(self.probes.groups)  # a group this callback cannot run is refused now, not at train begin
         self.accuracy_reward, self.task, self.log_to_trl = accuracy_reward, task, log_to_trl
         self.trainer: Optional[SolidrlGRPOTrainer] = None
         self.recorder: Optional[_TRLRecorder] = None
@@ -303,8 +305,6 @@ class SolidrlCallback(TrainerCallback):
         path = getattr(tr.model.config, "_name_or_path", None) or None
         self.cfg = trl_config(args, self.probes, rows, self.task, path)
         model = tr.accelerator.unwrap_model(tr.model)
-        from solidrl.probes.probeset import trl_groups
-
         groups = trl_groups(self.probes.groups)  # the recorder's groups: the other probes need solidrl's trainer
         ref = tr.ref_model
         if ref is None and "ref" in groups:
