@@ -107,3 +107,21 @@ def test_trl_groups_are_the_recorders():
     assert trl_groups("entropy, grad") == {"entropy", "grad"}
     with pytest.raises(ConfigError, match="group 'offpolicy' runs on solidrl's trainer only"):
         trl_groups("entropy,offpolicy")
+
+
+@pytest.mark.slow  # ~10 s unloaded, ~47 s measured on the shared 2-core machine
+def test_the_full_set_does_not_change_training(tmp_path, solidrl_cache):
+    """Every probe `solidrl train` attaches, the loss audit's extra autograd and the JVP's weight swap
+    included (audit and JVP on every step), leaves the trajectory bit for bit that of a bare run."""
+    over = {"run.steps": 2, "probes.jvp_every": 1}
+    bare = Trainer(_cfg(**over, **{"probes.enabled": False}), tmp_path / "bare", progress=False)
+    assert attach_probes(bare).names() == []
+    bare.run()
+    full = Trainer(_cfg(**over), tmp_path / "full", progress=False)
+    assert len(attach_probes(full).names()) == 5
+    full.run()
+    a, b = strip_time(read_rows(tmp_path / "bare")), strip_time(read_rows(tmp_path / "full"))
+    assert len(a) == len(b) == 2
+    for ra, rb in zip(a, b):
+        assert {k: rb[k] for k in ra} == ra  # every loop key, exactly
+    assert "pred/jvp/kl/step" in b[1] and "loss_audit/pg/rel_err" in b[1]
