@@ -4,7 +4,8 @@ Claims: the default ('all') attaches what `solidrl train` attached before the pr
 (recorder, offpolicy, loss audit, consistency, diagnostics, in that order) and gives the same rows; a
 group alone writes only the keys of its section of docs/metrics.md (plus the loop's), so that
 `--set probes.groups=entropy,grad` runs no other probe's forward; probes.enabled = false attaches
-nothing; the TRL callback's groups are the recorder's.
+nothing; the TRL callback's groups are the recorder's; the full set leaves training bit for bit as
+a bare run's (slow).
 """
 from __future__ import annotations
 

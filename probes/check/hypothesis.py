@@ -3,8 +3,10 @@
 A hypothesis names arms (trainer config overrides), a run plan and a list of predictions. Nothing
 in the file is evaluated as code: values are TOML scalars, config fields are parsed by their
 declared type (trainer.config.apply_overrides), and predictors, estimators and tasks are looked up
-by name in their registries. Every mistake raises `HypothesisError`, whose message is one line:
-`FILE: field 'predict[2].metric': what is wrong; what is allowed`.
+by name in their registries, metric names (`metric`, `observed`) in the glossary (probes/glossary.py,
+the table of docs/metrics.md), so a typo stops here, before any cold start. Every mistake raises
+`HypothesisError`, whose message is one line: `FILE: field 'predict[2].metric': what is wrong; what
+is allowed`.
 
 The schema, field by field, is documented in docs/probe-check.md; hypotheses/ holds examples.
 
