@@ -14,7 +14,7 @@ Left out on purpose: expressions of any kind (a predicted value is a number or a
 predictor's output, never a formula), and grids of arms (an arm is one named set of overrides;
 a prediction compares one pair of arms).
 
-Size: one schema and its one parser (~580 lines); every field's check sits beside the field it checks,
+Size: one schema and its one parser (~600 lines); every field's check sits beside the field it checks,
 so a user's error message and the schema it cites come from one place.
 """
 from __future__ import annotations
