@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,14 @@ from .tasks import TASKS, Problem, get_task
 from .tokenizer import render_prompts
 
 HOOK_POINTS = ("after_rollout", "after_backward", "after_optimizer_step", "step_end")
+
+
+def is_terminal(stream) -> bool:
+    """Whether progress bars may redraw on `stream` (not a pipe, a file or a notebook's captured output)."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 class TrainingError(RuntimeError):
@@ -375,8 +384,11 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        bar = tqdm(range(self.start_step, cfg.run.steps), desc="train", disable=not self.progress,
+        # A bar on a terminal; in a pipe or file (CI, nohup, tee) one line when the run ends instead of frames.
+        live = self.progress and is_terminal(sys.stderr)
+        bar = tqdm(range(self.start_step, cfg.run.steps), desc="train", disable=not live,
                    initial=self.start_step, total=cfg.run.steps)
+        t_start, post = time.perf_counter(), {}
         try:
             with open(self.out / "metrics.jsonl", "a") as f:
                 for step in bar:
@@ -406,6 +418,11 @@ class Trainer:
         finally:
             bar.close()
             (self.out / "status.json").write_text(json.dumps(self.status, indent=2))
+            if self.progress and not live:
+                st = self.status
+                done = (st.get("step") if st.get("step") is not None else self.start_step - 1) + 1 - self.start_step
+                print(f"train: {st['status']} after {done} steps in {time.perf_counter() - t_start:.1f} s"
+                      + "".join(f", {k} {v}" for k, v in post.items()) + f" -> {self.out}", file=sys.stderr, flush=True)
         return self.status
 
     # -- checkpoints ---------------------------------------------------------------------------
