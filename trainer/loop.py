@@ -42,20 +42,12 @@ import torch
 from . import algos
 from .collapse import CollapseDetector
 from .config import ConfigError, TrainConfig, validate
-from .model import DTYPES, MODEL_SIZES, load_pretrained
+from .model import DTYPES, MODEL_SIZES, is_terminal, load_pretrained
 from .rollout import Rollout, RolloutEngine, generate, left_pad, response_logits
 from .tasks import TASKS, Problem, get_task
 from .tokenizer import render_prompts
 
 HOOK_POINTS = ("after_rollout", "after_backward", "after_optimizer_step", "step_end")
-
-
-def is_terminal(stream) -> bool:
-    """Whether progress bars may redraw on `stream` (not a pipe, a file or a notebook's captured output)."""
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 class TrainingError(RuntimeError):
@@ -422,7 +414,7 @@ class Trainer:
                 st = self.status
                 done = (st.get("step") if st.get("step") is not None else self.start_step - 1) + 1 - self.start_step
                 print(f"train: {st['status']} after {done} steps in {time.perf_counter() - t_start:.1f} s"
-                      + "".join(f", {k} {v}" for k, v in post.items()) + f" -> {self.out}", file=sys.stderr, flush=True)
+                      + "".join(f", {k} {v}" for k, v in post.items()), file=sys.stderr, flush=True)
         return self.status
 
     # -- checkpoints ---------------------------------------------------------------------------

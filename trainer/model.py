@@ -69,6 +69,14 @@ def build_model(size: str, vocab_size: int, seed: int, max_len: int = 128,
     return model.to(DTYPES[dtype])
 
 
+def is_terminal(stream) -> bool:
+    """Whether progress bars may redraw on `stream` (not a pipe, a file or a notebook's captured output)."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 @contextlib.contextmanager
 def no_progress_bars():
     """transformers' bars ("Loading weights", "Writing model shards") off for one call (a trainer loads 1-3

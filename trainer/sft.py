@@ -28,8 +28,7 @@ from . import rollout as rollout_mod
 from . import tasks as tasks_mod
 from . import tokenizer as tokenizer_mod
 from .config import TrainConfig
-from .loop import is_terminal
-from .model import MODEL_SIZES, build_model, cache_dir
+from .model import MODEL_SIZES, build_model, cache_dir, is_terminal
 from .rollout import Rollout, generate, left_pad, response_logits
 from .tasks import TASKS, Task, get_task
 from .tokenizer import ALPHABET, build_char_tokenizer, encode_prompts

@@ -146,6 +146,9 @@ def _wandb_has_key() -> bool:
     return bool(auth and auth[2])
 
 
+_said_offline = False
+
+
 @TRACKERS.register("wandb")
 class WandB(Tracker):
     """wandb.init / wandb.log; offline unless an API key is there or $WANDB_MODE says otherwise."""
@@ -156,11 +159,14 @@ class WandB(Tracker):
     def start(self, run_name, config):
         import wandb
 
+        global _said_offline
         mode = os.environ.get("WANDB_MODE")
         if mode is None and not _wandb_has_key():
             mode = "offline"
-            print(f"wandb: no API key, logging offline to {self.log_dir / 'wandb'} "
-                  "(`wandb sync` uploads it; set WANDB_MODE=online to change)", file=sys.stderr)
+            if not _said_offline:  # once per process (probe-check opens one wandb run per arm and seed)
+                _said_offline = True
+                print(f"wandb: no API key, logging offline to {self.log_dir / 'wandb'} "
+                      "(`wandb sync` uploads it; WANDB_MODE=online to change)", file=sys.stderr)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "solidrl"), name=run_name,
                               config=config, dir=str(self.log_dir), mode=mode, reinit="finish_previous",
