@@ -22,8 +22,20 @@ BIN=$(dirname "$PY")
 OUT=${OUT:-runs/gpu_check}
 STEPS=${STEPS:-5}
 
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-  echo "gpu_check: no CUDA GPU visible to torch ($("$PY" -c 'import torch; print("torch", torch.__version__, "cuda build" if torch.version.cuda else "CPU build")' 2>/dev/null || echo "torch not importable")); nothing checked"
+# One python start (importing torch takes seconds): prints why there is no GPU and exits 1, or prints nothing.
+if ! WHY=$("$PY" - 2>/dev/null <<'EOF'
+import sys
+try:
+    import torch
+except Exception as e:  # noqa: BLE001
+    print(f"torch not importable: {type(e).__name__}")
+    sys.exit(1)
+if not torch.cuda.is_available():
+    print(f"torch {torch.__version__}, {'a CUDA build, no device' if torch.version.cuda else 'a CPU build'}")
+    sys.exit(1)
+EOF
+); then
+  echo "gpu_check: no CUDA GPU visible to torch (${WHY:-$PY failed}); nothing checked"
   exit 0
 fi
 
@@ -47,7 +59,7 @@ echo "gpu_check: [2/4] SmolLM2-135M-Instruct, chat_addition, every probe + JVP, 
 echo "gpu_check: [3/4] TRL GRPOTrainer + SolidrlCallback under accelerate (3 steps)"
 NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 rm -rf "$OUT/trl"
-"$PY" -m accelerate.commands.launch --num_processes "$NGPU" --mixed_precision no \
+"$PY" -m accelerate.commands.launch --num_processes "$NGPU" --num_machines 1 --mixed_precision no --dynamo_backend no \
   scripts/trl_grpo.py --model nano --task addition --steps 3 --prompts-per-step 8 --group-size 4 --out "$OUT/trl"
 
 echo "gpu_check: [4/4] checks"
@@ -84,6 +96,9 @@ trl_rows = rows(trl / "solidrl") if (trl / "solidrl" / "metrics.jsonl").exists()
 state = trl / "trainer_state.json"
 if len(trl_rows) != 3 or not state.exists():
     fail.append(f"trl: {len(trl_rows)} of 3 solidrl rows, trainer_state.json {'present' if state.exists() else 'missing'}")
+off = [(r["step"], r.get("ratio/min"), r.get("ratio/max")) for r in trl_rows if not (r.get("ratio/min") == r.get("ratio/max") == 1.0)]
+if off:  # TRL with num_iterations 1: its old log-probs are the same forward's, detached
+    fail.append(f"trl: on-policy ratio not exactly 1 (step, min, max): {off[:3]}")
 summary["trl"] = {"rows": len(trl_rows), "keys": len(trl_rows[-1]) if trl_rows else 0}
 
 cu, cpu = summary["nano-cuda"]["median_step_s"], summary["nano-cpu"]["median_step_s"]

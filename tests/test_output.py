@@ -190,3 +190,19 @@ def test_json_prints_the_verdicts_on_stdout_and_the_table_on_stderr(piped, capsy
     assert check.main(["--from-run", str(out), "--json", "--quiet"]) == code
     cap = capsys.readouterr()
     assert json.loads(cap.out) == got and cap.err == ""
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(_has_cuda(), reason="with a GPU the script runs the whole check (minutes), not this path")
+def test_gpu_check_without_a_gpu_is_one_line_and_exit_0():
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run(["bash", str(root / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
+                       env=dict(os.environ, PY=sys.executable, OUT=str(root / "nonexistent-gpu-check")), timeout=300)
+    assert p.returncode == 0 and p.stderr == ""
+    assert p.stdout.startswith("gpu_check: no CUDA GPU visible to torch (torch ") and p.stdout.count("\n") == 1
+    assert not (root / "nonexistent-gpu-check").exists()  # nothing written
