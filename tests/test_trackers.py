@@ -182,3 +182,25 @@ def test_trackio_local_store_holds_every_row(tmp_path):
     by_step = {h["step"]: h for h in hist}
     for step, k, v in _numeric(rows):
         assert by_step[step][k] == v or (math.isnan(v) and math.isnan(by_step[step][k])), (k, step)
+
+
+def test_a_failing_tracker_is_dropped_with_one_line_and_the_others_go_on(capsys):
+    got = []
+
+    class Broken(trackers.Tracker):
+        def start(self, run_name, config):
+            pass
+
+        def log(self, row, step):
+            raise OSError("disk full\nsecond line")
+
+    class Fine(trackers.Tracker):
+        def log(self, row, step):
+            got.append((step, row))
+
+    m = trackers.Multi([Broken("."), Fine(".")])
+    m.log({"a": 1.0}, 0)
+    m.log({"a": 2.0}, 1)
+    assert got == [(0, {"a": 1.0}), (1, {"a": 2.0})]
+    err = capsys.readouterr().err
+    assert err == "--report-to: broken failed in log (OSError: disk full); it gets nothing more, the run goes on\n"

@@ -25,6 +25,9 @@ Where it goes:
 Each tracker is an optional extra: `pip install -e '.[tensorboard]'` (or wandb, trackio). A missing
 package is found before any training (check_installed) and reported as one line naming the extra.
 
+`--resume` starts new tracker runs that get the rows from the checkpoint's step on. A tracker that fails
+(a network error, a full disk) is dropped with one line and the run goes on.
+
 Left out on purpose: system metrics (GPU/CPU use), model checkpoints as artifacts, the counterfactual
 shadow runs' rows (they stay in `cf-<arm>/metrics.jsonl`), and "all" (name the trackers you want).
 """
@@ -245,27 +248,31 @@ def check_installed(names: Iterable[str]) -> None:
 
 
 class Multi:
-    """Several trackers as one: each call goes to all of them."""
+    """Several trackers as one: each call goes to all of them. A tracker that raises is dropped with one
+    line on stderr and the run goes on (metrics.jsonl is the record; a tracker is a copy of it)."""
 
     def __init__(self, trackers: list[Tracker]):
         self.trackers = trackers
 
     def __getattr__(self, name):
         def call(*a, **kw):
-            for t in self.trackers:
-                getattr(t, name)(*a, **kw)
+            for t in list(self.trackers):
+                try:
+                    getattr(t, name)(*a, **kw)
+                except Exception as e:  # noqa: BLE001 - a tracker must not stop training
+                    self.trackers.remove(t)
+                    print(f"--report-to: {type(t).__name__.lower()} failed in {name} ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); it gets nothing more, the run goes on",
+                          file=sys.stderr)
         return call
 
 
 def open_trackers(names: Iterable[str], run_name: str, config: dict[str, Any], tb_dir: Path,
                   files_dir: Path) -> Multi:
     """Start one run per tracker: tensorboard's event files go to `tb_dir`, wandb's run folder under `files_dir`."""
-    out = []
-    for n in names:
-        t = TRACKERS.get(n)(tb_dir if n == "tensorboard" else files_dir)
-        t.start(run_name, config)
-        out.append(t)
-    return Multi(out)
+    m = Multi([TRACKERS.get(n)(tb_dir if n == "tensorboard" else files_dir) for n in names])
+    m.start(run_name, config)
+    return m
 
 
 # ----------------------------------------------------------------------------------------------
