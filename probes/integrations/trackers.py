@@ -36,7 +36,6 @@ from __future__ import annotations
 import html
 import importlib.util
 import json
-import math
 import netrc
 import os
 import sys
