@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ import torch
 from . import algos
 from .collapse import CollapseDetector
 from .config import ConfigError, TrainConfig, validate
-from .model import DTYPES, MODEL_SIZES, load_pretrained
+from .model import DTYPES, MODEL_SIZES, is_terminal, load_pretrained
 from .rollout import Rollout, RolloutEngine, generate, left_pad, response_logits
 from .tasks import TASKS, Problem, get_task
 from .tokenizer import render_prompts
@@ -375,8 +376,11 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        bar = tqdm(range(self.start_step, cfg.run.steps), desc="train", disable=not self.progress,
+        # A bar on a terminal; in a pipe or file (CI, nohup, tee) one line when the run ends instead of frames.
+        live = self.progress and is_terminal(sys.stderr)
+        bar = tqdm(range(self.start_step, cfg.run.steps), desc="train", disable=not live,
                    initial=self.start_step, total=cfg.run.steps)
+        t_start, post = time.perf_counter(), {}
         try:
             with open(self.out / "metrics.jsonl", "a") as f:
                 for step in bar:
@@ -406,6 +410,11 @@ class Trainer:
         finally:
             bar.close()
             (self.out / "status.json").write_text(json.dumps(self.status, indent=2))
+            if self.progress and not live:
+                st = self.status
+                done = (st.get("step") if st.get("step") is not None else self.start_step - 1) + 1 - self.start_step
+                print(f"train: {st['status']} after {done} steps in {time.perf_counter() - t_start:.1f} s"
+                      + "".join(f", {k} {v}" for k, v in post.items()), file=sys.stderr, flush=True)
         return self.status
 
     # -- checkpoints ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ by SFT, see sft.py); a local directory is how users bring real models. Named ext
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.metadata
 import importlib.util
@@ -68,6 +69,29 @@ def build_model(size: str, vocab_size: int, seed: int, max_len: int = 128,
     return model.to(DTYPES[dtype])
 
 
+def is_terminal(stream) -> bool:
+    """Whether progress bars may redraw on `stream` (not a pipe, a file or a notebook's captured output)."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def no_progress_bars():
+    """transformers' bars ("Loading weights", "Writing model shards") off for one call (a trainer loads 1-3
+    times per run; in a log each is a bar's worth of frames), restored afterwards for the caller's own use."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load_pretrained(path: str, dtype: str = "float32", device: str = "cpu"):
     """Load (model, tokenizer) from a local HF directory or a registered model source name.
 
@@ -90,7 +114,8 @@ def load_pretrained(path: str, dtype: str = "float32", device: str = "cpu"):
         raise ModelLoadError(f"cannot load a tokenizer from {p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
                              "the directory needs tokenizer files (save the tokenizer with save_pretrained)") from None
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(p), dtype=DTYPES[dtype])
+        with no_progress_bars():
+            model = AutoModelForCausalLM.from_pretrained(str(p), dtype=DTYPES[dtype])
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"cannot load a causal LM from {p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
                              "check config.json and the weight files") from None
@@ -140,7 +165,8 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
             raise ModelLoadError(f"converting {gguf.name} needs the '{mod}' package; install it with {SMOLLM2_INSTALL}")
     kw = dict(gguf_file=gguf.name)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), **kw)
-    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kw)
+    with no_progress_bars():
+        src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kw)
     cfg = copy.deepcopy(src.config)
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
@@ -153,7 +179,8 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     tmp.chmod(0o755)
     try:
-        model.save_pretrained(str(tmp))
+        with no_progress_bars():
+            model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
         (tmp / "SOURCE").write_text(f"converted from {gguf} (dequantized to float32)\n")
         tmp.replace(out)

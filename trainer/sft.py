@@ -14,6 +14,8 @@ import hashlib
 import inspect
 import json
 import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -26,7 +28,7 @@ from . import rollout as rollout_mod
 from . import tasks as tasks_mod
 from . import tokenizer as tokenizer_mod
 from .config import TrainConfig
-from .model import MODEL_SIZES, build_model, cache_dir
+from .model import MODEL_SIZES, build_model, cache_dir, is_terminal
 from .rollout import Rollout, generate, left_pad, response_logits
 from .tasks import TASKS, Task, get_task
 from .tokenizer import ALPHABET, build_char_tokenizer, encode_prompts
@@ -111,9 +113,15 @@ def _run_sft(cfg: TrainConfig, out_dir: Optional[Path], progress: bool) -> Path:
     eval_problems = task.sample(s.eval_prompts, np.random.default_rng([s.seed, 10**6]))
     history = []
     acc = 0.0
-    bar = tqdm(range(1, s.max_steps + 1), desc=f"sft {cfg.task.name}/{cfg.model.size}",
-               disable=not progress, leave=False)
-    for step in bar:
+    # SFT stops at the target accuracy, usually long before max_steps: an open-ended bar (steps so far, no
+    # total, no ETA) with the accuracy against the target; in a pipe or file, one line at the end instead.
+    live = progress and is_terminal(sys.stderr)
+    what = f"sft {cfg.task.name}/{cfg.model.size}"
+    bar = tqdm(desc=f"{what} until pass@1 >= {s.target_accuracy:g} (at most {s.max_steps} steps)", total=None,
+               unit="step", disable=not live, leave=False)
+    t0 = time.perf_counter()
+    for step in range(1, s.max_steps + 1):
+        bar.update(1)
         problems = task.sample(s.batch_size, np.random.default_rng([s.seed, step]))
         batch = supervised_batch(tok, problems, eos, pad)
         logits = response_logits(model, batch)
@@ -128,14 +136,19 @@ def _run_sft(cfg: TrainConfig, out_dir: Optional[Path], progress: bool) -> Path:
             acc = sampled_accuracy(model, tok, task, eval_problems, budget, seed=s.seed + step)
             model.train()
             history.append({"step": step, "loss": loss.item(), "pass@1_t1": acc})
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", pass1=f"{acc:.2f}/{s.target_accuracy:g}")
             if acc >= s.target_accuracy:
                 break
     bar.close()
+    if progress:
+        print(f"{what}: cold start in {step} steps, {time.perf_counter() - t0:.1f} s, pass@1 at T=1 {acc:.3f} "
+              f"({'reached' if acc >= s.target_accuracy else 'did not reach'} the target {s.target_accuracy:g})",
+              file=sys.stderr, flush=True)
     tmp = out_dir.with_name(f"{out_dir.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
+    with model_mod.no_progress_bars():
+        model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     (tmp / "sft.json").write_text(json.dumps(
         {"key": sft_key(cfg), "task": cfg.task.name, "size": cfg.model.size, "steps": step,

@@ -65,33 +65,81 @@ def _jsonable(x: Any) -> Any:
 # Terminal
 
 
+WIDE = 120  # columns from which the verdict table has one column per field; narrower, one block per prediction
+
+
+def _verdict_text(e: dict) -> str:
+    """The verdict as shown: "confirmed, not severe" when the test could not have refuted it (severe False)."""
+    return "confirmed, not severe" if e["verdict"] == "confirmed" and e.get("severe") is False else e["verdict"]
+
+
+def _claim(h: dict) -> str:
+    """The claim's first sentence on one line (the whole claim is in report.md)."""
+    text = " ".join(h["claim"].split())
+    m = re.search(r"\.(\s|$)", text)
+    return text[:m.start() + 1] if m else text
+
+
+def _wrap(line: str, width: int, indent: int) -> str:
+    """Wrap at `width` on spaces, continuation lines indented by `indent` (a long token is broken)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(line, width, subsequent_indent=" " * indent, break_on_hyphens=False)) or line
+
+
 def print_table(result: dict[str, Any], console=None) -> None:
+    """The verdicts on the terminal (or a pipe: rich then renders 80 columns, or $COLUMNS).
+
+    At WIDE columns or more, a table with one column per field; narrower, one block per prediction
+    (verdict, then label, what was compared, predicted, observed), each line wrapped at the width,
+    so a row never breaks into a column of fragments. Notes: each distinct note once, with the
+    predictions it belongs to.
+    """
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     console = console or Console(highlight=False, emoji=False)
     h = result["hypothesis"]
-    t = Table(title=Text(f"{h['name']}: {h['claim'].splitlines()[0][:100]}"), show_lines=True)
-    for col in ("prediction", "predicted", "observed [90% interval]", "verdict"):
-        t.add_column(col, overflow="fold")
-    for e in result["predictions"]:
-        v = e["verdict"]
-        t.add_row(Text(f"{e['label']}\n{e['kind']}: {e['metric']} ({' vs '.join(e['arms'])})"),
-                  Text(e["predicted"]), Text(e["observed"]), Text(v, style=COLORS[v]))
-    console.print(t)
+    preds = result["predictions"]
     s = result["summary"]
+    title = _wrap(f"{h['name']}: {_claim(h)}", max(40, console.width), 2)
+    console.print(Text(h["name"], style="bold") + Text(title[len(h["name"]):]))
+    if console.width >= WIDE:
+        t = Table(show_lines=True, expand=False)
+        for col in ("#", "prediction", "predicted", "observed [90% interval]", "verdict"):
+            t.add_column(col, overflow="fold")
+        for n, e in enumerate(preds, 1):
+            t.add_row(str(n), Text(f"{e['label']}\n{e['kind']}: {e['metric']} ({' vs '.join(e['arms'])})"),
+                      Text(e["predicted"]), Text(e["observed"]), Text(_verdict_text(e), style=COLORS[e["verdict"]]))
+        console.print(t)
+    else:
+        w = max(40, console.width)
+        for n, e in enumerate(preds, 1):
+            head = Text(f"{n}. ") + Text(_verdict_text(e), style=f"bold {COLORS[e['verdict']]}")
+            console.print(head + Text(_wrap(f"{len(head.plain) * 'x'}  {e['label']}", w, 3)[len(head.plain):]))
+            console.print(Text(_wrap(f"   {e['kind']} {e['metric']}: {' vs '.join(e['arms'])}", w, 5), style="dim"))
+            console.print(Text(_wrap(f"   predicted  {e['predicted']}", w, 14)))
+            console.print(Text(_wrap(f"   observed   {e['observed']} (90% interval)", w, 14)))
     console.print(Text(f"{s['confirmed']} confirmed, {s['refuted']} refuted, {s['inconclusive']} inconclusive"
                        f" ({result['mode']} mode: {result['steps']} steps, seeds {result['seeds']})"))
-    common, own = split_notes(result["predictions"])
-    for n in common:
-        console.print(Text(f"  note: {n}"))
-    for e in result["predictions"]:
-        for n in own[e["index"]]:
-            console.print(Text(f"  note [{e['label']}]: {n}"))
+    for which, n in group_notes(preds):
+        console.print(Text(_wrap(f"note ({which}): {n}", max(40, console.width), 2)))
     for r in result["runs"]:
         if r["status"] not in ("finished", "collapsed"):
             console.print(Text(f"run failed: {r['dir']}: {r['reason']}", style="red"))
+
+
+def group_notes(preds: list[dict]) -> list[tuple[str, str]]:
+    """Each distinct note once, in first-seen order, with the predictions (numbered from 1) that carry it:
+    [("all", note), ("1, 3", note), ...]."""
+    seen: dict[str, list[int]] = {}
+    for n, e in enumerate(preds, 1):
+        for note in e.get("notes", []):
+            seen.setdefault(note, [])
+            if n not in seen[note]:
+                seen[note].append(n)
+    return [("all" if len(ns) == len(preds) > 1 else ", ".join(map(str, ns)), note) for note, ns in seen.items()]
 
 
 def split_notes(preds: list[dict]) -> tuple[list[str], dict[int, list[str]]]:

@@ -3,6 +3,8 @@
     probe-check HYPOTHESIS.toml [--out DIR] [--seeds 0 1 2] [--steps N] [--quick] [--quiet]
     probe-check --from-run DIR [HYPOTHESIS.toml] [--out DIR2]      # re-judge, no training
     probe-check HYPOTHESIS.toml --from-log ARM=FILE ...           # judge TRL / verl logs (probes/check/from_log.py)
+    probe-check ... --json                                        # the verdicts as JSON on stdout
+    probe-check ... --report-to tensorboard wandb                 # runs and verdicts to trackers
 
 Each (arm, seed) is one ordinary run directory, `<out>/runs/<arm>/seed<s>/` (config.json,
 metrics.jsonl, stats/), with `solidrl train`'s probe set attached. All seeds of all arms share the cached
@@ -19,13 +21,25 @@ Then every prediction is judged (probes/check/verdict.py) and reported (probes/c
 terminal, report.json, report.md, plots/*.png. Exit code: 0 every prediction confirmed, 1 any refuted
 or inconclusive (or a run failed), 2 invalid input (one line on stderr, never a traceback).
 
+--json prints report.json (every prediction's verdict, predicted and observed values, intervals) to
+stdout and nothing else there: the human table goes to stderr (suppressed by --quiet), so
+`probe-check H.toml --json > verdicts.json` keeps the terminal readable and the file parseable.
+Piped or redirected output (stderr not a terminal) has one line per finished phase (the cold start,
+each run, the judging) instead of progress-bar frames.
+
+--report-to sends each (arm, seed) run's config and rows, then the verdicts (report.md's text, the
+plots, the counts) as a `<name>/verdicts` run (probes/integrations/trackers.py); the runs are sent
+when they are all finished. A tracker whose package is missing stops the command before any run.
+
 Left out on purpose: running arms in parallel processes (the machine's cores already serve torch's
 intra-op threads), and reusing finished runs of an earlier invocation (use --from-run for that).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,6 +52,7 @@ from solidrl.probes.check.hypothesis import HypothesisError
 from solidrl.probes.check.judge import judge_all
 from solidrl.probes.check.run import PROG, check_runs_match, load_record, run_all
 from solidrl.probes.errors import InputError
+from solidrl.probes.integrations import trackers
 
 def _seeds(items: list[str]) -> tuple[int, ...]:
     out = []
@@ -66,17 +81,35 @@ def build_parser() -> argparse.ArgumentParser:
                     help="torch intra-op threads per run (default 1; 0 = torch's default) unless the file sets run.threads")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    ap.add_argument("--json", action="store_true",
+                    help="print report.json (the verdicts) to stdout; the table goes to stderr (none with --quiet)")
+    ap.add_argument("--report-to", nargs="+", metavar="NAME",
+                    help="send the runs' configs and rows and the verdicts to trackers: tensorboard, wandb, trackio "
+                         "(or none), as transformers' report_to; each is an extra: pip install -e '.[NAME]'")
     return ap
 
 
 def run_check(args) -> int:
-    if args.quiet:
-        from transformers.utils import logging as hf_logging
+    report_to = trackers.parse_report_to(args.report_to)
+    trackers.check_installed(report_to)  # before any run: a missing extra is one line, exit 2
+    if report_to and args.from_log:
+        raise trackers.TrackerError("does not apply to --from-log: the logs' own trainer reports those runs")
+    if not args.json:
+        return _run(args, report_to)[0]
+    stdout = sys.stdout
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null if args.quiet else sys.stderr):
+        code, out = _run(args, report_to)
+    stdout.write((out / "report.json").read_text() + "\n")
+    stdout.flush()
+    return code
 
-        hf_logging.disable_progress_bar()
 
+def _run(args, report_to: tuple[str, ...]) -> tuple[int, Path]:
+    """Run (or re-read) the runs, judge, write and print the report, send it; returns (exit code, out dir)."""
     if args.from_log:
-        return run_from_log(args)
+        name = hyp_mod.load(args.hypothesis).name if args.hypothesis else ""
+        out = Path(args.out) if args.out else Path("runs") / "probe-check" / f"{name}-from-log"
+        return run_from_log(args), out  # run_from_log writes there (probes/check/from_log.py)
     if args.from_run:
         src = Path(args.from_run)
         record = load_record(src)
@@ -99,14 +132,25 @@ def run_check(args) -> int:
         record["wall_s"] = round(time.perf_counter() - t0, 1)
         (out / "plan.json").write_text(json.dumps(record, indent=2))
         src = out
+    t0 = time.perf_counter()
     result = judge_all(hyp, src, record)
     result["wall_s"] = record.get("wall_s")
     out.mkdir(parents=True, exist_ok=True)
-    report.write(result, out, plots=not args.no_plots)
+    clean = report.write(result, out, plots=not args.no_plots)
+    if not args.quiet:
+        print(f"judged {len(result['predictions'])} predictions on {len(record['runs'])} runs "
+              f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     report.print_table(result)
+    if report_to:
+        runs = [(f"{r['arm']}/seed{r['seed']}", src / r["dir"]) for r in record["runs"]]
+        plots = [(f"plots/{Path(e['plot']).stem}", out / e["plot"]) for e in clean["predictions"]
+                 if e.get("plot")]
+        summary = {**result["summary"], "exit_code": result["exit_code"], "mode": result["mode"],
+                   "steps": result["steps"]}
+        trackers.report_check(report_to, out, hyp.name, runs, (out / "report.md").read_text(), plots, summary)
     if not args.quiet:
         print(f"report: {out / 'report.md'}", file=sys.stderr)
-    return result["exit_code"]
+    return result["exit_code"], out
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -15,14 +15,17 @@ from solidrl.probes.probeset import attach_probes
 from solidrl.trainer.config import ConfigError
 
 from . import audit, ladder, leadtime, plot, transfer
-from .common import add_common, build_config, user_errors
+from .common import add_common, add_report_to, build_config, user_errors
 
 
 @user_errors("solidrl train")
 def cmd_train(args) -> int:
+    from solidrl.probes.integrations import trackers
     from solidrl.trainer.loop import Trainer
 
     cfg = build_config(args)
+    report_to = trackers.parse_report_to(args.report_to)
+    trackers.check_installed(report_to)  # before any training: a missing extra is one line, exit 2
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.resume and not args.overwrite:
         raise ConfigError(f"--out {out} is not empty; pass --resume to continue it, --overwrite to "
@@ -30,7 +33,12 @@ def cmd_train(args) -> int:
     t = Trainer(cfg, out, progress=not args.quiet, resume=args.resume)
     if cfg.probes.enabled:
         attach_probes(t)
-    status = t.run()
+    sent = trackers.attach(t, report_to)
+    try:
+        status = t.run()
+    finally:
+        if sent is not None:
+            sent.close()
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     if rows:
         last = rows[-1]
@@ -71,6 +79,7 @@ def _setup_train(p):
     p.add_argument("--out", required=True, help="run directory (config.json, metrics.jsonl, stats/, checkpoint/)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start afresh in a non-empty --out")
+    add_report_to(p)
     p.set_defaults(func=cmd_train)
 
 

@@ -17,7 +17,7 @@ from solidrl.trainer.config import ConfigError, TrainConfig, apply_overrides, pa
 from solidrl.trainer.loop import TrainingError
 from solidrl.trainer.model import ModelLoadError
 
-__all__ = ["user_errors", "build_config", "add_common"]
+__all__ = ["user_errors", "build_config", "add_common", "add_report_to"]
 
 
 def user_errors(prog: str) -> Callable:
@@ -77,3 +77,10 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override any config field by dotted name, e.g. --set algo.advantage=rloo (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_report_to(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report-to", nargs="+", metavar="NAME",
+                   help="send the config and every metrics row to experiment trackers, as transformers' report_to: "
+                        "tensorboard, wandb, trackio (or none); each is an extra: pip install -e '.[NAME]'; "
+                        "see probes/integrations/trackers.py")
