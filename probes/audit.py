@@ -9,7 +9,8 @@
   grader           the task's grader is right on 100% of its check set: every reference      the task (recomputed)
                    solution accepted, every corrupted answer (last number + 1; empty) refused
   no_regularizers  algo.kl_coef = algo.entropy_coef = optim.grad_clip = 0, and no loss/kl or  config, rows
-                   loss/entropy_bonus in the rows
+                   loss/entropy_bonus in the rows, and no step controller's coefficient
+                   (controller/*) above 0 in them
   no_staleness     offpolicy.staleness = 0, offpolicy.partial_versions = 1, and every token's  config,
                    lag is 0                                                                   offpolicy/version_lag_max
   loss_terms       every loss term's logit gradient matches its formula (rel_err <= 1e-3)   loss_audit/*
@@ -158,9 +159,17 @@ def _grader(cfg: TrainConfig) -> AuditItem:
 
 
 def _no_regularizers(cfg: TrainConfig, rows: list[dict]) -> AuditItem:
+    """Regularizers from the config, and from the rows: the loss parts logged and the coefficients a step
+    controller set (`controller/<algo field>`; the config holds only a controlled coefficient's start)."""
     a, o = cfg.algo, cfg.optim
+    peak: dict[str, float] = {}  # algo field -> the largest value a controller gave it in the rows
+    for r in rows:
+        for k, v in r.items():
+            if k.startswith("controller/"):
+                peak[k[len("controller/"):]] = max(peak.get(k[len("controller/"):], 0.0), v)
     on = [f"{k}={v}" for k, v in (("algo.kl_coef", a.kl_coef), ("algo.entropy_coef", a.entropy_coef),
-                                  ("optim.grad_clip", o.grad_clip)) if v != 0]
+                                  ("optim.grad_clip", o.grad_clip)) if v != 0 and k[len("algo."):] not in peak]
+    on += [f"algo.{k} up to {v:g} (controller {a.controller})" for k, v in peak.items() if v != 0]
     logged = sorted({k for r in rows for k in ("loss/kl", "loss/entropy_bonus") if k in r})
     what = ", ".join(on + [f"{k} logged" for k in logged]) or "kl_coef = entropy_coef = grad_clip = 0"
     return AuditItem("no_regularizers", not on and not logged, what, "no KL loss, entropy bonus or grad clipping",

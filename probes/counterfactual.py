@@ -1,33 +1,36 @@
-"""Counterfactual one-step updates: many single optimizer steps, each from the same weights.
+"""Counterfactual steps from one fixed start: many single optimizer steps, each from the same weights.
 
-`OneStep(trainer)` remembers the trainer's weights when it is made. Every `step(batch, ...)` first
-puts them back and clears the optimizer's state (so each update is the first step of a fresh
-optimizer, e.g. Adam's sign-like first step), then runs the trainer's own `train_step(batch)` with
-whatever hooks are attached (the probes' recorder, typically). Batch `b` is the trainer's rollout
-for step `b`, sampled once from the remembered weights and reused by every later call, so two
-calls with the same `batch` and different learning rates or advantage estimators are an exact
-A/B: same weights, same tokens (`fingerprint` checks it).
+A counterfactual step is the step a config would take from given weights on a given batch
+(`Trainer.counterfactual_step`, trainer/loop.py); this module and probe-check's shadow arms
+(probes/check/run.py, `Shadow`) are both made of them, and nothing else in solidrl is called so.
 
-This is what the transfer table (probes/commands/transfer.py) is made of. probe-check's counterfactual
-pairs (probes/check/run.py, `Shadow`) are different: they follow a baseline *trajectory*, syncing a
-second trainer to it before each step; here the weights never move.
+`CounterfactualSteps(trainer)` remembers the trainer's weights when it is made. Every
+`step(batch, ...)` is a counterfactual step from them with a fresh optimizer (so each update is the
+first step of a new optimizer, e.g. Adam's sign-like first step), with the trainer's hooks attached
+(the probes' recorder, typically). Batch `b` is the trainer's rollout for step `b`, sampled once from
+the remembered weights and reused by every later call, so two calls with the same `batch` and
+different learning rates or advantage estimators are an exact A/B: same weights, same tokens
+(`fingerprint` checks it). The version of every step is the trainer's when this object was made.
 
-Left out: learning-rate schedules and optimizer state carried across steps (a counterfactual step
-is always a first step), and off-policy engines with their own weights (staleness, low-precision
-rollouts: their sampler is not reset).
+This is what the transfer table (probes/commands/transfer.py) is made of. probe-check's shadow arms
+follow a baseline *trajectory* instead: one counterfactual step from each of the baseline's states.
+
+Left out: learning-rate schedules and optimizer state carried across steps (a step here is always a
+first step), and off-policy engines with their own weights (staleness, low-precision rollouts).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
 from solidrl.trainer.config import apply_overrides
-from solidrl.trainer.loop import HOOK_POINTS, Trainer
+from solidrl.trainer.loop import StepFrom, Trainer
 from solidrl.trainer.rollout import Rollout
 
-__all__ = ["OneStep", "fingerprint"]
+__all__ = ["CounterfactualSteps", "fingerprint"]
 
 
 def fingerprint(ro: Rollout) -> str:
@@ -38,35 +41,25 @@ def fingerprint(ro: Rollout) -> str:
     return h.hexdigest()[:16]
 
 
-class OneStep:
-    """Single optimizer steps from fixed weights on cached rollout batches (see module docstring)."""
+class CounterfactualSteps:
+    """Counterfactual steps from the trainer's weights at construction, on cached batches (module docstring)."""
 
     def __init__(self, trainer: Trainer):
         if trainer.engine.separate:
-            raise ValueError("OneStep needs the on-policy rollout engine (offpolicy.staleness = 0, rollout_dtype = float32)")
+            raise ValueError("CounterfactualSteps needs the on-policy rollout engine "
+                             "(offpolicy.staleness = 0, rollout_dtype = float32)")
         self.trainer = trainer
-        self.weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        self.start = StepFrom.of(trainer, optimizer=False)
         self.batches: dict[int, Rollout] = {}
-        self._sample: Callable = trainer.rollout
-        trainer.rollout = self._cached_rollout  # instance attribute: this trainer only
-
-    def _cached_rollout(self, problems, step: int) -> Rollout:
-        if step not in self.batches:
-            self.reset()
-            self.batches[step] = self._sample(problems, step)
-        return self.batches[step]
 
     def reset(self) -> None:
-        """The remembered weights back in the model, a fresh optimizer state."""
-        t = self.trainer
+        """The remembered weights back in the model."""
         with torch.no_grad():
-            t.model.load_state_dict(self.weights)
-        t.optimizer.state.clear()
-        t.optimizer.zero_grad(set_to_none=True)
+            self.trainer.model.load_state_dict(self.start.weights)
 
     def step(self, batch: int, lr: Optional[float] = None, overrides: Optional[dict[str, Any]] = None,
              hooks: bool = True) -> dict[str, Any]:
-        """One update on batch `batch` from the remembered weights; returns the trainer's metrics row.
+        """One counterfactual step on batch `batch` from the remembered weights; returns its metrics row.
 
         lr: this step's learning rate (default: the config's); overrides: dotted config fields for this
         step only (e.g. {'algo.advantage': 'rloo'}; anything that changes sampling is refused);
@@ -74,21 +67,14 @@ class OneStep:
         The model is left with the updated weights (call `reset()` to undo) so hooks or callers may
         inspect them.
         """
-        t = self.trainer
-        cfg0, hooks0 = t.cfg, t.hooks
+        cfg = self.trainer.cfg
         if overrides:
             bad = [k for k in overrides if k.split(".")[0] in ("model", "task", "rollout", "run", "offpolicy")]
             if bad:
-                raise ValueError(f"OneStep overrides may not change sampling or the run: {', '.join(bad)}")
-            t.cfg = apply_overrides(cfg0, overrides)
-        if not hooks:
-            t.hooks = {p: [] for p in HOOK_POINTS}
-        self.reset()
-        for g in t.optimizer.param_groups:
-            g["lr"] = cfg0.optim.lr if lr is None else lr
-        try:
-            return t.train_step(batch)
-        finally:
-            t.cfg, t.hooks = cfg0, hooks0
-            for g in t.optimizer.param_groups:
-                g["lr"] = cfg0.optim.lr
+                raise ValueError(f"counterfactual step overrides may not change sampling or the run: {', '.join(bad)}")
+            cfg = apply_overrides(cfg, overrides)
+        if lr is not None:
+            cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr))
+        ctx = self.trainer.counterfactual_step(cfg, batch, self.start, self.batches.get(batch), hooks=hooks)
+        self.batches.setdefault(batch, ctx.rollout)
+        return ctx.metrics

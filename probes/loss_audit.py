@@ -174,20 +174,16 @@ def pred_entropy_bonus(z, mask, agg, norm_const, beta) -> Tensor:
 
 def measured_grads(trainer: Trainer, ctx: StepContext) -> dict[str, Tensor]:
     """term -> d term / d z [s, R, V] through `trainer.loss` on a leaf copy of the update's logits."""
-    a = trainer.cfg.algo
+    a = ctx.cfg.algo
     ids = ctx.rollout.response_ids[ctx.index]
 
     def grad(**algo_over) -> Tensor:
         leaf = ctx.logits.detach().clone().requires_grad_(True)
-        saved = trainer.cfg
-        trainer.cfg = dataclasses.replace(saved, algo=dataclasses.replace(saved.algo, **algo_over))
-        try:
-            with torch.enable_grad():
-                logp = trainer._policy_logp(leaf, ids)
-                loss, _ = trainer.loss(leaf, logp, ctx, ctx.index)
-                g, = torch.autograd.grad(loss, leaf, allow_unused=True)
-        finally:
-            trainer.cfg = saved
+        cfg = dataclasses.replace(ctx.cfg, algo=dataclasses.replace(a, **algo_over))
+        with torch.enable_grad():
+            logp = trainer._policy_logp(leaf, ids)
+            loss, _ = trainer.loss(leaf, logp, ctx, ctx.index, cfg)
+            g, = torch.autograd.grad(loss, leaf, allow_unused=True)
         return torch.zeros_like(leaf) if g is None else g.detach()
 
     out = {"pg": grad(kl_coef=0.0, entropy_coef=0.0)}
@@ -199,7 +195,7 @@ def measured_grads(trainer: Trainer, ctx: StepContext) -> dict[str, Tensor]:
 
 
 def predicted_grads(trainer: Trainer, ctx: StepContext) -> dict[str, Tensor]:
-    a, idx = trainer.cfg.algo, ctx.index
+    a, idx = ctx.cfg.algo, ctx.index
     z, ids, mask = ctx.logits, ctx.rollout.response_ids[idx], ctx.mask[idx]
     C = float(trainer.budget)
     out = {"pg": pred_pg(z, ids, ctx.old_logp[idx], ctx.advantages[idx][:, None].expand_as(mask), mask,
@@ -224,7 +220,7 @@ def compare(meas: Tensor, pred: Tensor) -> dict[str, float]:
 
 def _reward_err(trainer: Trainer, ctx: StepContext) -> Optional[float]:
     """max_i |r_i - (correct_i - lambda len_i / budget - beta sum_t k_t)|, when a reward term is on."""
-    a = trainer.cfg.algo
+    a = ctx.cfg.algo
     kl_in_reward = a.kl_coef > 0 and a.kl_placement == "reward"
     if not a.length_penalty and not kl_in_reward:
         return None

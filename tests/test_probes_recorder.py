@@ -97,10 +97,19 @@ def test_default_run_writes_every_key_on_every_row(default_run):
         assert all(math.isfinite(row[k]) for k in ROW_KEYS), row
 
 
-def test_probes_do_not_change_training(default_run, tmp_path):
-    bare = read_rows(train(cfg_of(**{"probes.enabled": False}), tmp_path, progress=False).out)
-    loop_keys = ["reward/mean", "reward/accuracy", "response/length_mean", "loss", "grad/norm"]
-    assert [[r[k] for k in loop_keys] for r in bare] == [[r[k] for k in loop_keys] for r in default_run[1]]
+@pytest.mark.parametrize("over", [{}, {"offpolicy.mini_batches": 2, "algo.kl_coef": 0.05, "algo.entropy_coef": 0.01}])
+def test_the_full_train_probe_set_does_not_change_training(tmp_path, over):
+    """Every probe `solidrl train` attaches (probeset.attach_probes), with the loss audit's extra autograd,
+    the consistency check and the JVP's weight swap on every step: the loop's rows are as without probes."""
+    from solidrl.probes.probeset import attach_probes
+
+    bare = read_rows(train(cfg_of(**{"probes.enabled": False, **over}), tmp_path / "bare", progress=False).out)
+    probed = read_rows(train(cfg_of(**{"probes.jvp_every": 1, "probes.audit_every": 1, **over}), tmp_path / "probed",
+                             progress=False, setup=attach_probes).out)
+    loop_keys = sorted(k for k in bare[0] if not k.startswith("time/"))
+    assert {"reward/mean", "loss", "grad/norm", "lr"} <= set(loop_keys) and len(bare) == len(probed) == 3
+    assert any(k.startswith("loss_audit/") for k in probed[0]) and "pred/jvp/kl/step" in probed[0]
+    assert [{k: r[k] for k in loop_keys} for r in probed] == [{k: r[k] for k in loop_keys} for r in bare]
 
 
 def test_on_policy_default_ratio_is_exactly_one_and_nothing_clips(default_run):

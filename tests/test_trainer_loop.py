@@ -1,5 +1,9 @@
-"""The loop: on-policy ratio exactly 1, determinism, resume == uninterrupted, NaN stops cleanly, RL learns."""
+"""The loop: on-policy ratio exactly 1, determinism, resume == uninterrupted, NaN stops cleanly, RL learns;
+counterfactual steps equal the steps a fresh trainer takes from the same state; unclocked hooks stay out of time/*."""
+import dataclasses
 import json
+import math
+import time
 
 import numpy as np
 import pytest
@@ -7,7 +11,7 @@ import torch
 
 from conftest import read_rows, strip_time, tiny_overrides
 from solidrl.trainer.config import ConfigError, TrainConfig, apply_overrides
-from solidrl.trainer.loop import Trainer, train
+from solidrl.trainer.loop import StepFrom, Trainer, train
 from solidrl.trainer.model import ModelLoadError
 
 
@@ -77,12 +81,18 @@ def test_a_directory_that_is_not_a_model_gives_one_line(tmp_path):
     assert "config.json" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_local_model_directory_loads_and_trains(tmp_path):
+def test_local_model_directory_loads_and_trains_like_the_cold_start_it_holds(tmp_path):
     from solidrl.trainer.sft import cold_start
 
     d = cold_start(cfg_of(), progress=False)
-    rows = read_rows(train(cfg_of(**{"model.path": str(d), "run.steps": 1}), tmp_path, progress=False).out)
-    assert len(rows) == 1
+    t = train(cfg_of(**{"model.path": str(d), "run.steps": 2}), tmp_path / "path", progress=False)
+    ref = train(cfg_of(**{"run.steps": 2}), tmp_path / "size", progress=False)
+    # the directory's weights are the frozen reference, and training from them is the size's run
+    assert all(torch.equal(a, b) for a, b in zip(t.ref_model.state_dict().values(), ref.ref_model.state_dict().values()))
+    rows = read_rows(t.out)
+    assert [r["step"] for r in rows] == [0, 1]
+    assert strip_time(rows) == strip_time(read_rows(ref.out))
+    assert all(math.isfinite(r["loss"]) and r["grad/norm"] > 0 for r in rows)
 
 
 def test_off_policy_knobs_produce_ratios_off_one(tmp_path):
@@ -94,6 +104,76 @@ def test_off_policy_knobs_produce_ratios_off_one(tmp_path):
     train(cfg_of(**{"offpolicy.mini_batches": 2, "run.steps": 1, "algo.policy_loss": "ppo_clip"}),
           tmp_path, progress=False, setup=lambda t: t.add_hook("after_backward", check))
     assert seen[0] == 0.0 and seen[1] > 0.0  # the second mini-batch sees an updated policy
+
+
+def test_after_rollout_fires_once_per_step_before_the_first_update_on_and_off_policy(tmp_path):
+    for over in ({}, {"offpolicy.mini_batches": 2}):
+        seen = []
+        t = Trainer(cfg_of(**{"run.steps": 2, **over}), tmp_path / str(len(over)), progress=False)
+        t.add_hook("after_rollout", lambda ctx: seen.append(("rollout", ctx.step, ctx.old_logp is not None)))
+        t.add_hook("after_backward", lambda ctx: seen.append(("backward", ctx.step, ctx.update)))
+        t.run()
+        n = 2 if over else 1
+        want = [e for s in range(2) for e in [("rollout", s, True), *[("backward", s, u) for u in range(n)]]]
+        assert seen == want
+
+
+def _fresh_step_from(cfg, out, start: StepFrom, step: int):
+    """The independent path: a new trainer of cfg given the state by hand, then its own train_step."""
+    t = Trainer(cfg, out, progress=False)
+    t.model.load_state_dict(start.weights)
+    if start.optimizer is not None:
+        st = start.optimizer | {"param_groups": [dict(g, params=s["params"]) for g, s in
+                                                 zip(t.optimizer.state_dict()["param_groups"], start.optimizer["param_groups"])]}
+        t.optimizer.load_state_dict(st)
+    t.version = start.version
+    return t.train_step(step)
+
+
+@pytest.mark.parametrize("treat", [{}, {"algo.advantage": "rloo", "optim.lr": 1e-3}, {"algo.policy_loss": "ppo_clip"}])
+def test_counterfactual_step_equals_a_fresh_trainers_step_from_the_same_state(tmp_path, treat):
+    base = Trainer(cfg_of(**{"run.steps": 2}), tmp_path / "base", progress=False)
+    base.train_step(0)
+    start = StepFrom.of(base)  # after one update: moved weights, Adam moments, version 1
+    version, moments = base.version, {k: v["exp_avg"].clone() for k, v in base.optimizer.state_dict()["state"].items()}
+    cfg_t = apply_overrides(base.cfg, treat)
+    cf = base.counterfactual_step(cfg_t, 1, start)
+    fresh = _fresh_step_from(cfg_t, tmp_path / "fresh", start, 1)
+    assert strip_time([cf.metrics]) == strip_time([fresh])
+    # the run's own optimizer and version did not move (its model is the working copy)
+    assert base.version == version == cf.version
+    assert all(torch.equal(moments[k], v["exp_avg"]) for k, v in base.optimizer.state_dict()["state"].items())
+    if not treat:  # the baseline's own next step is the same step
+        base.model.load_state_dict(start.weights)
+        assert strip_time([base.train_step(1)]) == strip_time([cf.metrics])
+
+
+def test_counterfactual_step_reuses_a_given_batch_and_a_fresh_optimizer_is_a_first_step(tmp_path):
+    t = Trainer(cfg_of(), tmp_path, progress=False)
+    start = StepFrom.of(t, optimizer=False)
+    a = t.counterfactual_step(t.cfg, 0, start)
+    b = t.counterfactual_step(dataclasses.replace(t.cfg, optim=dataclasses.replace(t.cfg.optim, lr=1e-3)), 0, start,
+                              batch=a.rollout, hooks=False)
+    assert b.rollout is a.rollout and b.metrics["lr"] == 1e-3
+    # same weights, same tokens: the loss and gradient (taken before the update) agree; only lr differs
+    assert strip_time([{k: v for k, v in a.metrics.items() if k != "lr"}]) == \
+        strip_time([{k: v for k, v in b.metrics.items() if k != "lr"}])
+    with pytest.raises(ValueError, match="keeps the trainer's model"):
+        t.counterfactual_step(apply_overrides(t.cfg, {"offpolicy.staleness": 1}), 0, start)
+
+
+def test_an_unclocked_hook_is_left_out_of_the_step_time(tmp_path):
+    pause = 0.5
+    for clock in (True, False):
+        t = Trainer(cfg_of(), tmp_path / str(clock), progress=False)
+        t.add_hook("step_end", lambda ctx: time.sleep(pause), clock=clock)
+        w = time.perf_counter()
+        row = t.train_step(0)
+        wall = time.perf_counter() - w
+        if clock:
+            assert row["time/step_s"] >= pause
+        else:  # the step's own time: the wall time less the pause (and less than the wall time by the pause)
+            assert row["time/step_s"] <= wall - pause
 
 
 def test_rl_raises_accuracy_on_nano_within_40_steps(tmp_path):

@@ -74,6 +74,22 @@ class AlgoConfig:
     token_filter_frac: float = 0.2
     hard_prompt_weight: float = 1.0
     """Multiply the loss of prompts whose group accuracy < 0.5 by this factor (a 'sense-driven' knob, for hypotheses)."""
+    reward_transforms: str = ""
+    """Reward transforms applied after grading, in order, as a comma list of registered names (trainer/shaping.py:
+    length_penalty, kl_penalty, pass_at_k, or a plugin's); '' = none. They run after the ones that
+    length_penalty and kl_placement='reward' select."""
+    token_weighting: str = "none"
+    """A registered token weighting (trainer/shaping.py: hard_prompt, top_entropy, token_id, position, or a
+    plugin's): per-sequence advantage factors, a 0/1 token mask, or per-token PG weights; 'none' = off.
+    It multiplies with the ones that hard_prompt_weight and token_filter select."""
+    controller: str = "none"
+    """A step controller adapting a coefficient each step (trainer/controllers.py): adaptive_kl (kl_coef toward
+    a target KL, verl's AdaptiveKLController), adaptive_entropy (entropy_coef toward a target entropy), or a
+    plugin's; 'none' = off. The config's coefficient is the start; rows log controller/<coefficient>."""
+    controller_target: float = 0.0
+    """The controller's target: KL per token (adaptive_kl) or entropy in nats per token (adaptive_entropy)."""
+    controller_horizon: float = 10000.0
+    """adaptive_kl's horizon: each step multiplies kl_coef by at most 1 +- 0.2 x sequences / horizon (verl's default 10000)."""
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,23 @@ policy before this step's first update; ratios are then pi / pi_old and the off-
 weights use pi_old / pi_rollout. Every token keeps the optimizer-update count of the weights that
 sampled it (Rollout.token_version; its lag is StepContext.version - token_version).
 
+A step reads in four phases (`_step`): collect (prompts, rollout, grades), prepare (pi_old and pi_ref
+forwards, reward transforms, advantages, token weightings -> the StepContext), update (epochs x
+mini-batches: forward, loss, backward, optimizer step), row (the metrics row). Fully on-policy, the
+one update's forward runs in prepare and its detach is pi_old, so the ratio is 1 bit for bit and
+after_rollout fires at one place for every config. Reward transforms and token weightings live in
+shaping.py, step controllers (a coefficient adapted each step) in controllers.py.
+
+A counterfactual step is `Trainer.counterfactual_step(cfg, step, StepFrom(...), batch)`: the step a
+config would take from given weights (and optimizer state) on a given batch, without moving the
+trainer's own run; probe-check's shadow arms and the transfer table are made of them.
+
 Hook points (the trainer imports nothing from probes; anything may attach):
   after_rollout         ctx has the rollout, rewards, advantages, old logits, mask
   after_backward        ctx also has the update's logits/logp (logp.grad = d loss / d logp), loss parts
   after_optimizer_step  gradients still present, parameters updated
   step_end              ctx.metrics is the row about to be written; hooks may add keys
+A hook added with clock=False (e.g. a counterfactual step run alongside) is left out of time/*.
 Rows go to run_dir/metrics.jsonl, one JSON object per step, flushed each step.
 
 Collapse (collapse.py): after the step_end hooks the detector reads the row; a collapse (or a NaN/Inf
@@ -29,20 +41,20 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
-from . import algos
+from . import algos, shaping
 from .collapse import CollapseDetector
 from .config import ConfigError, TrainConfig, validate
-from .model import DTYPES, MODEL_SIZES, is_terminal, load_pretrained
+from .context import StepContext, StepFrom, correction_params, policy_loss_params
+from .controllers import CONTROLLERS, Controller, controller_row, make_controller
+from .model import MODEL_SIZES, is_terminal, load_pretrained
 from .rollout import Rollout, RolloutEngine, generate, left_pad, response_logits
 from .tasks import TASKS, Problem, get_task
 from .tokenizer import render_prompts
@@ -63,54 +75,6 @@ class NonFiniteError(TrainingError):
         self.step = step
 
 
-@dataclass
-class StepContext:
-    """Everything a probe may want at a hook point. Tensors are detached unless noted."""
-
-    step: int
-    cfg: TrainConfig
-    trainer: "Trainer"
-    problems: list[Problem]          # [S], each prompt repeated group_size times
-    rollout: Rollout
-    texts: list[str]                 # decoded responses [S]
-    correct: torch.Tensor            # [S] float 0/1 (truncated = 0)
-    rewards: torch.Tensor            # [S] float, after length penalty / KL-in-reward
-    advantages: torch.Tensor         # [S] sequence advantages (after hard-prompt weighting)
-    mask: torch.Tensor               # [S, R] float, tokens that enter the loss
-    old_logits: torch.Tensor         # [S, R, V] pi_old (policy before this step's update) on the batch
-    old_logp: torch.Tensor           # [S, R] log pi_old(a_t)
-    weights: torch.Tensor            # [S, R] off-policy correction x hard-prompt weight per token
-    ref_logits: Optional[torch.Tensor] = None  # [S, R, V] frozen reference, when the trainer computed it
-    version: int = 0                 # optimizer updates before this step: the version of pi_old
-    # per update (mini-batch); set before after_backward
-    update: int = 0
-    index: Optional[torch.Tensor] = None      # rows of the batch in this update
-    logits: Optional[torch.Tensor] = None     # [s, R, V] detached logits of this update's forward
-    logp: Optional[torch.Tensor] = None       # [s, R] (non-leaf; .grad holds d loss / d logp after backward)
-    loss: Optional[torch.Tensor] = None
-    loss_parts: dict[str, torch.Tensor] = field(default_factory=dict)
-    grad_norm: float = float("nan")
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def token_version(self) -> Optional[torch.Tensor]:
-        """[S, R] long: the optimizer-update count of the weights that sampled each response token
-        (version - token_version is its lag; > 0 under staleness and partial rollouts)."""
-        return self.rollout.token_version
-
-    @property
-    def model(self):
-        return self.trainer.model
-
-    @property
-    def ref_model(self):
-        return self.trainer.ref_model
-
-    @property
-    def optimizer(self):
-        return self.trainer.optimizer
-
-
 def check_names(cfg: TrainConfig) -> None:
     """Every registry name in the config exists (UnknownNameError lists the known ones)."""
     algos.ADVANTAGES.check(cfg.algo.advantage)
@@ -119,6 +83,11 @@ def check_names(cfg: TrainConfig) -> None:
     algos.KL_ESTIMATORS.check(cfg.algo.kl_estimator)
     algos.CORRECTIONS.check(cfg.offpolicy.correction)
     TASKS.check(cfg.task.name)
+    for name in shaping.reward_transform_names(cfg):
+        shaping.REWARD_TRANSFORMS.check(name)
+    shaping.TOKEN_WEIGHTINGS.check(cfg.algo.token_weighting)
+    if cfg.algo.controller != "none":
+        CONTROLLERS.check(cfg.algo.controller)
     if cfg.model.path is None:
         MODEL_SIZES.check(cfg.model.size)
         if TASKS.get(cfg.task.name).chat:
@@ -154,22 +123,14 @@ class Trainer:
         self.model, self.tokenizer = load_pretrained(self.init_dir, cfg.model.dtype, cfg.run.device)
         self.model.train()
         self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-        o = cfg.optim
-        if o.name == "adamw":
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas,
-                                               weight_decay=o.weight_decay)
-        else:
-            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        self.optimizer = self._make_optimizer(cfg)
         self.engine = RolloutEngine(self.model, cfg.offpolicy.staleness, cfg.offpolicy.rollout_dtype,
                                     cfg.offpolicy.partial_versions)
-        op = cfg.offpolicy
-        try:
-            self.loss_params = algos.PolicyLossParams(cfg.algo.eps_low, cfg.algo.eps_high, cfg.algo.dual_clip_c)
-            self.corr_params = algos.CorrectionParams(op.tis_cap, op.icepop_low, op.icepop_high,
-                                                      op.seq_low, op.seq_high)
-        except ValueError as e:
-            raise ConfigError(f"algo/offpolicy settings: {e}") from None
+        policy_loss_params(cfg), correction_params(cfg)  # refuse bad clip/cap settings before any step
+        self.controller: Optional[Controller] = make_controller(cfg)
         self.hooks: dict[str, list[Callable[[StepContext], None]]] = {p: [] for p in HOOK_POINTS}
+        self._unclocked: set[int] = set()  # id() of hooks whose time is not the step's
+        self._unclocked_s = 0.0
         self.collapse = CollapseDetector(cfg.run, self.model.config.vocab_size)
         self.start_step = 0
         self.version = 0  # optimizer steps taken
@@ -182,37 +143,56 @@ class Trainer:
             (self.out / "metrics.jsonl").write_text("")
 
     # -- hooks ---------------------------------------------------------------------------------
-    def add_hook(self, point: str, fn: Callable[[StepContext], None]) -> None:
+    def add_hook(self, point: str, fn: Callable[[StepContext], None], clock: bool = True) -> None:
+        """Call fn(ctx) at `point`; clock=False keeps its time out of the row's time/* (work run alongside)."""
         if point not in self.hooks:
             raise ValueError(f"unknown hook point {point!r}; known: {', '.join(HOOK_POINTS)}")
         self.hooks[point].append(fn)
+        if not clock:
+            self._unclocked.add(id(fn))
 
-    def _fire(self, point: str, ctx: StepContext) -> None:
-        for fn in self.hooks[point]:
-            fn(ctx)
+    def _fire(self, hooks: dict[str, list], point: str, ctx: StepContext) -> None:
+        for fn in hooks[point]:
+            if id(fn) in self._unclocked:
+                t = time.perf_counter()
+                fn(ctx)
+                self._unclocked_s += time.perf_counter() - t
+            else:
+                fn(ctx)
 
-    # -- one step ------------------------------------------------------------------------------
-    def sample_problems(self, step: int) -> list[Problem]:
-        rng = np.random.default_rng([self.cfg.run.seed, step])
-        base = self.task.sample(self.cfg.rollout.prompts_per_step, rng)
-        return [p for p in base for _ in range(self.cfg.rollout.group_size)]
+    def _make_optimizer(self, cfg: TrainConfig) -> torch.optim.Optimizer:
+        o = cfg.optim
+        if o.name == "adamw":
+            return torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        return torch.optim.SGD(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
 
-    def rollout(self, problems: list[Problem], step: int) -> Rollout:
+    # -- one step: collect -> prepare -> update -> row ------------------------------------------
+    def sample_problems(self, step: int, cfg: Optional[TrainConfig] = None) -> list[Problem]:
+        cfg = cfg or self.cfg
+        rng = np.random.default_rng([cfg.run.seed, step])
+        base = self.task.sample(cfg.rollout.prompts_per_step, rng)
+        return [p for p in base for _ in range(cfg.rollout.group_size)]
+
+    def rollout(self, problems: list[Problem], step: int, cfg: Optional[TrainConfig] = None,
+                version: Optional[int] = None) -> Rollout:
+        """Sample the responses of `problems` from the current weights (the engine's, off-policy)."""
+        cfg = cfg or self.cfg
+        version = self.version if version is None else version
         tok = self.tokenizer
         # A group's G rows are one Problem object: render and pad each run once, then repeat the rows.
         starts = [i for i in range(len(problems)) if i == 0 or problems[i] is not problems[i - 1]]
         counts = torch.tensor([b - a for a, b in zip(starts, [*starts[1:], len(problems)])])
         p_ids, p_mask = left_pad(render_prompts(tok, [problems[i] for i in starts], self.task.chat), tok.pad_token_id)
         p_ids, p_mask = p_ids.repeat_interleave(counts, 0), p_mask.repeat_interleave(counts, 0)
-        g = torch.Generator(device=self.device).manual_seed(self.cfg.run.seed * 1_000_003 + step)
-        self.engine.push(self.version)
-        sampler, version = self.engine.model_for_sampling(0)
+        g = torch.Generator(device=self.device).manual_seed(cfg.run.seed * 1_000_003 + step)
+        self.engine.push(version)
+        sampler, sampled_by = self.engine.model_for_sampling(0)
         m = self.engine.segments  # partial rollouts: segment j is sampled by engine.model_for_sampling(j)
-        r = self.cfg.rollout
+        r = cfg.rollout
         try:
             return generate(sampler, p_ids.to(self.device), p_mask.to(self.device), self.budget,
                             tok.eos_token_id, tok.pad_token_id, g, r.temperature, r.top_k, r.top_p,
-                            self.cfg.offpolicy.logit_noise, self.version if version < 0 else version,
+                            cfg.offpolicy.logit_noise, version if sampled_by < 0 else sampled_by,
                             segment_len=-(-self.budget // m) if m > 1 else 0,
                             advance=self.engine.model_for_sampling if m > 1 else None)
         except FloatingPointError as e:
@@ -229,88 +209,155 @@ class Trainer:
         return algos.gather_logprobs(logits.float(), ids)
 
     def train_step(self, step: int) -> dict[str, Any]:
-        cfg, a = self.cfg, self.cfg.algo
-        t0 = time.perf_counter()
-        problems = self.sample_problems(step)
-        ro = self.rollout(problems, step)
-        texts, correct = self.grade(problems, ro)
-        t_roll = time.perf_counter() - t0
+        """One step of this run: it moves the weights, the optimizer, the version and the controller."""
+        cfg = self.controller.effective(self.cfg) if self.controller else self.cfg
+        ctx = self._step(cfg, step, self.optimizer, self.hooks, self.version)
+        self.version = ctx.version + ctx.update + 1
+        if self.controller:  # the next step's coefficients, from what this one measured
+            self.controller.update(ctx)
+        return ctx.metrics
 
-        t1 = time.perf_counter()
-        resp_mask = ro.response_mask
-        ids = ro.response_ids
+    def counterfactual_step(self, cfg: TrainConfig, step: int, start: StepFrom,
+                            batch: Optional[Rollout] = None, hooks: bool = True) -> StepContext:
+        """The step `cfg` would take from `start` (weights, optimizer state, version) on `batch`.
+
+        A counterfactual step: nothing of this trainer's own run moves but its model, which is the
+        working copy (it holds `start.weights` updated by the step afterwards, for hooks and callers
+        to inspect). The optimizer is a fresh one built from cfg.optim, given `start.optimizer`'s
+        moments when it is of the same kind (its own hyperparameters stay); the trainer's optimizer,
+        version and controller are untouched. batch=None samples step `step`'s batch from
+        `start.weights`; a given batch is reused as is (the prompts are step `step`'s, drawn from
+        (run.seed, step)). hooks=False runs without this trainer's hooks. Returns the step's context:
+        ctx.metrics is the row, ctx.rollout the batch. cfg must keep this trainer's model, task and
+        rollout engine (they are built once, at __init__).
+        """
+        validate(cfg)
+        check_names(cfg)
+        same = lambda f: getattr(cfg, f) == getattr(self.cfg, f)  # noqa: E731
+        eng = ("staleness", "rollout_dtype", "partial_versions")
+        if not (same("model") and same("task")) or any(getattr(cfg.offpolicy, k) != getattr(self.cfg.offpolicy, k)
+                                                       for k in eng):
+            raise ValueError("a counterfactual step keeps the trainer's model, task and offpolicy."
+                             f"{{{', '.join(eng)}}}; build a Trainer with that config instead")
+        with torch.no_grad():
+            self.model.load_state_dict(start.weights)
+        if start.engine is not None and self.engine.separate:
+            self.engine.load_state_dict(copy.deepcopy(start.engine))
+        opt = self._make_optimizer(cfg)
+        if start.optimizer is not None and start.optimizer_name == cfg.optim.name:
+            st = copy.deepcopy(start.optimizer)
+            st["param_groups"] = [dict(g, params=sg["params"]) for g, sg in
+                                  zip(opt.state_dict()["param_groups"], st["param_groups"])]
+            opt.load_state_dict(st)
+        ctrl = make_controller(cfg)
+        if ctrl is not None:
+            if start.controller is not None:
+                ctrl.load_state_dict(start.controller)
+            cfg = ctrl.effective(cfg)
+        return self._step(cfg, step, opt, self.hooks if hooks else {p: [] for p in HOOK_POINTS},
+                          start.version, batch)
+
+    def _step(self, cfg: TrainConfig, step: int, opt: torch.optim.Optimizer,
+              hooks: dict[str, list], version: int, batch: Optional[Rollout] = None) -> StepContext:
+        """collect -> prepare (after_rollout) -> update (after_backward, after_optimizer_step) -> row (step_end)."""
+        self._unclocked_s = 0.0
+        t0 = time.perf_counter()
+        problems, ro, texts, correct = self._collect(cfg, step, version, batch)
+        t_roll = time.perf_counter() - t0 - self._unclocked_s
+        t1, u1 = time.perf_counter(), self._unclocked_s
+        ctx, first = self._prepare(cfg, step, problems, ro, texts, correct, opt, version)
+        self._fire(hooks, "after_rollout", ctx)
+        losses, gnorms = self._update(ctx, opt, hooks, first)
+        t_upd = time.perf_counter() - t1 - (self._unclocked_s - u1)
+        self._row(ctx, hooks, losses, gnorms)
+        ctx.metrics["time/rollout_s"] = t_roll
+        ctx.metrics["time/update_s"] = t_upd
+        ctx.metrics["time/step_s"] = time.perf_counter() - t0 - self._unclocked_s
+        return ctx
+
+    def _collect(self, cfg: TrainConfig, step: int, version: int, batch: Optional[Rollout]):
+        """Phase 1: this step's prompts (from (run.seed, step)), their responses, the grades."""
+        problems = self.sample_problems(step, cfg)
+        ro = self.rollout(problems, step, cfg, version) if batch is None else batch
+        texts, correct = self.grade(problems, ro)
+        return problems, ro, texts, correct
+
+    def _prepare(self, cfg, step, problems, ro, texts, correct, opt, version):
+        """Phase 2: pi_old (and pi_ref) on the batch, rewards, advantages, loss mask and token weights.
+
+        pi_old: off-policy (or when a reward term or the entropy filter needs it before the update) a
+        no-grad forward; fully on-policy, the first update's own forward, computed here with its graph
+        and handed to the update (`first`), so pi_old = logp.detach() and the ratio is 1 bit for bit.
+        """
+        a, ids, resp_mask = cfg.algo, ro.response_ids, ro.response_mask
         S, G = len(problems), cfg.rollout.group_size
         need_old_forward = not cfg.fully_on_policy or (a.kl_coef > 0 and a.kl_placement == "reward") \
             or a.token_filter != "all"
-        old_logits = None
+        first = None
         if need_old_forward:
             with torch.no_grad():
                 old_logits = response_logits(self.model, ro).float()
             _finite_or_raise(old_logits, "policy logits", step, self.out)
+            old_logp = self._policy_logp(old_logits, ids)
         ref_logits = None
         if a.kl_coef > 0:
             with torch.no_grad():
                 ref_logits = response_logits(self.ref_model, ro).float()
+        if not need_old_forward:  # fully on-policy (mini_batches = epochs = 1): the one update's forward
+            idx = torch.arange(S).to(self.device)
+            sub = ro.select(idx)
+            logits = response_logits(self.model, sub).float()
+            _finite_or_raise(logits.detach(), "policy logits", step, self.out)
+            logp = self._policy_logp(logits, sub.response_ids)
+            logp.retain_grad()
+            first = (idx, sub, logits, logp)
+            old_logits, old_logp = logits.detach(), logp.detach()
 
-        rewards = correct.clone()
-        if a.length_penalty:
-            rewards = rewards - a.length_penalty * ro.lengths / self.budget
-        if a.kl_coef > 0 and a.kl_placement == "reward":
-            old_lp = self._policy_logp(old_logits, ids)
-            kl_tok = algos.KL_ESTIMATORS.get(a.kl_estimator)(
-                old_lp, self._policy_logp(ref_logits, ids), torch.log_softmax(old_logits, -1),
-                torch.log_softmax(ref_logits, -1))
-            rewards = rewards - a.kl_coef * (kl_tok * resp_mask).sum(-1)
+        sb = shaping.ShapingBatch(correct=correct, lengths=ro.lengths, response_ids=ids, mask=resp_mask,
+                                  group_size=G, budget=self.budget, old_logits=old_logits,
+                                  old_logp=old_logp, ref_logits=ref_logits, kl_estimator=a.kl_estimator)
+        rewards = shaping.shape_rewards(cfg, correct.clone(), sb)
         adv = algos.ADVANTAGES.get(a.advantage)(rewards.view(S // G, G)).reshape(S)
-        if a.hard_prompt_weight != 1.0:
-            hard = correct.view(S // G, G).mean(-1, keepdim=True).expand(-1, G).reshape(S) < 0.5
-            adv = torch.where(hard, adv * a.hard_prompt_weight, adv)
-
-        mask = resp_mask.clone()
-        if a.token_filter == "top_entropy":
-            ent = algos.entropy_from_logits(old_logits)
-            thresh = torch.quantile(ent[resp_mask > 0], 1.0 - a.token_filter_frac)
-            mask = mask * (ent >= thresh).float()
-
-        if old_logits is not None:
-            old_logp = self._policy_logp(old_logits, ids)
+        tw = shaping.weigh_tokens(cfg, sb)
+        if tw.seq is not None:
+            adv = adv * tw.seq
+        mask = resp_mask.clone() if tw.keep is None else resp_mask.clone() * tw.keep
+        if need_old_forward:
             weights = algos.CORRECTIONS.get(cfg.offpolicy.correction)(
-                old_logp - ro.rollout_logp, resp_mask, self.corr_params)
+                old_logp - ro.rollout_logp, resp_mask, correction_params(cfg))
         else:
-            old_logp = None
             weights = torch.ones_like(mask)
-        token_adv = adv[:, None].expand_as(mask)
+        if tw.token is not None:
+            weights = weights * tw.token
+        ctx = StepContext(step=step, cfg=cfg, trainer=self, problems=problems, rollout=ro, texts=texts,
+                          correct=correct, rewards=rewards, advantages=adv, mask=mask, old_logits=old_logits,
+                          old_logp=old_logp, weights=weights, ref_logits=ref_logits, version=version,
+                          optimizer=opt)
+        return ctx, first
 
-        ctx = StepContext(step=step, cfg=cfg, trainer=self, problems=problems, rollout=ro,
-                          texts=texts, correct=correct, rewards=rewards, advantages=adv, mask=mask,
-                          old_logits=old_logits, old_logp=old_logp, weights=weights,
-                          ref_logits=ref_logits, version=self.version)
-        if old_logits is not None:
-            self._fire("after_rollout", ctx)
-
-        losses, gnorms = [], []
-        mb = S // cfg.offpolicy.mini_batches
+    def _update(self, ctx: StepContext, opt, hooks, first) -> tuple[list[float], list[float]]:
+        """Phase 3: epochs x mini-batches of forward, loss, backward, after_backward, optimizer step."""
+        cfg, step, ro = ctx.cfg, ctx.step, ctx.rollout
+        S, n_mb = len(ctx.problems), cfg.offpolicy.mini_batches
+        losses, gnorms, mb = [], [], S // n_mb
         for epoch in range(cfg.offpolicy.epochs):
-            if cfg.offpolicy.mini_batches > 1:
-                g = torch.Generator().manual_seed(cfg.run.seed * 7919 + step * 131 + epoch)
-                order = torch.randperm(S, generator=g)
+            if n_mb > 1:
+                order = torch.randperm(S, generator=torch.Generator().manual_seed(cfg.run.seed * 7919 + step * 131 + epoch))
             else:
                 order = torch.arange(S)
-            for k in range(cfg.offpolicy.mini_batches):
-                idx = order[k * mb:(k + 1) * mb].to(self.device)
-                sub = ro.select(idx)
-                logits = response_logits(self.model, sub).float()
-                _finite_or_raise(logits.detach(), "policy logits", step, self.out)
-                logp = self._policy_logp(logits, sub.response_ids)
-                logp.retain_grad()
-                if ctx.old_logits is None:
-                    # Fully on-policy: pi_old is this very forward, so ratio = exp(logp - logp.detach()) == 1.
-                    ctx.old_logits = logits.detach()
-                    ctx.old_logp = logp.detach()
-                    self._fire("after_rollout", ctx)
+            for k in range(n_mb):
+                if first is not None:  # fully on-policy: the forward prepare ran (pi_old = its detach)
+                    (idx, sub, logits, logp), first = first, None
+                else:
+                    idx = order[k * mb:(k + 1) * mb].to(self.device)
+                    sub = ro.select(idx)
+                    logits = response_logits(self.model, sub).float()
+                    _finite_or_raise(logits.detach(), "policy logits", step, self.out)
+                    logp = self._policy_logp(logits, sub.response_ids)
+                    logp.retain_grad()
                 loss, parts = self.loss(logits, logp, ctx, idx)
                 _finite_or_raise(loss.detach(), "loss", step, self.out)
-                self.optimizer.zero_grad(set_to_none=True)
+                opt.zero_grad(set_to_none=True)
                 loss.backward()
                 params = [p for p in self.model.parameters() if p.grad is not None]
                 gnorm = torch.nn.utils.clip_grad_norm_(
@@ -318,45 +365,50 @@ class Trainer:
                 _finite_or_raise(gnorm, "gradient norm", step, self.out)
                 ctx.update, ctx.index, ctx.logits, ctx.logp = len(losses), idx, logits.detach(), logp
                 ctx.loss, ctx.loss_parts, ctx.grad_norm = loss.detach(), parts, float(gnorm)
-                self._fire("after_backward", ctx)
-                self.optimizer.step()
-                self.version += 1
-                self._fire("after_optimizer_step", ctx)
+                self._fire(hooks, "after_backward", ctx)
+                opt.step()
+                self._fire(hooks, "after_optimizer_step", ctx)
                 losses.append(loss.item())
                 gnorms.append(float(gnorm))
-        t_upd = time.perf_counter() - t1
+        return losses, gnorms
 
+    def _row(self, ctx: StepContext, hooks, losses: list[float], gnorms: list[float]) -> None:
+        """Phase 4: the metrics row (ctx.metrics), the step_end hooks, the collapse check."""
+        ro = ctx.rollout
         row: dict[str, Any] = {
-            "step": step,
-            "reward/mean": float(rewards.mean()),
-            "reward/accuracy": float(correct.mean()),
+            "step": ctx.step,
+            "reward/mean": float(ctx.rewards.mean()),
+            "reward/accuracy": float(ctx.correct.mean()),
             "response/length_mean": float(ro.lengths.float().mean()),
             "response/truncated_frac": float(ro.truncated.float().mean()),
             "loss": float(np.mean(losses)),
             "grad/norm": float(np.mean(gnorms)),
-            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            "lr": float(ctx.optimizer.param_groups[0]["lr"]),
         }
         for name, v in ctx.loss_parts.items():
             row[f"loss/{name}"] = float(v)
+        row.update(controller_row(ctx.cfg))  # the coefficients a step controller gave this step
         ctx.metrics = row
-        self._fire("step_end", ctx)
+        self._fire(hooks, "step_end", ctx)
         if "collapse/reason" not in row:
             hit = self.collapse.check(row, lambda: float(
                 algos.entropy_from_logits(ctx.old_logits)[ctx.mask > 0].double().mean()))
             if hit:
                 row["collapse/kind"], row["collapse/reason"] = hit
-        row["time/rollout_s"] = t_roll
-        row["time/update_s"] = t_upd
-        row["time/step_s"] = time.perf_counter() - t0
-        return row
 
-    def loss(self, logits, logp, ctx: StepContext, idx) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss of one update = PG (x correction weights) + KL (if in the loss) - entropy bonus."""
-        a = self.cfg.algo
+    def loss(self, logits, logp, ctx: StepContext, idx,
+             cfg: Optional[TrainConfig] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss of one update = PG (x correction and token weights) + KL (if in the loss) - entropy bonus.
+
+        cfg: the config whose loss this is (default ctx.cfg, the step's); the loss-term audit passes
+        one with a single term switched on.
+        """
+        cfg = cfg or ctx.cfg
+        a = cfg.algo
         mask = ctx.mask[idx]
         agg = algos.AGGREGATIONS.get(a.loss_agg)
         pg_tok = algos.POLICY_LOSSES.get(a.policy_loss)(
-            logp, ctx.old_logp[idx], ctx.advantages[idx][:, None].expand_as(mask), mask, self.loss_params)
+            logp, ctx.old_logp[idx], ctx.advantages[idx][:, None].expand_as(mask), mask, policy_loss_params(cfg))
         parts = {"pg": agg(pg_tok * ctx.weights[idx], mask, float(self.budget))}
         total = parts["pg"]
         if a.kl_coef > 0 and a.kl_placement == "loss":
@@ -428,7 +480,8 @@ class Trainer:
         tmp = d / "state.pt.tmp"
         torch.save({"step": next_step, "version": self.version,
                     "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "engine": self.engine.state_dict(), "init_dir": self.init_dir}, tmp)
+                    "engine": self.engine.state_dict(), "init_dir": self.init_dir,
+                    "controller": self.controller.state_dict() if self.controller else None}, tmp)
         tmp.replace(d / "state.pt")
 
     def _load_checkpoint(self) -> None:
@@ -442,6 +495,8 @@ class Trainer:
         self.model.load_state_dict(st["model"])
         self.optimizer.load_state_dict(st["optimizer"])
         self.engine.load_state_dict(st["engine"])
+        if self.controller and st.get("controller") is not None:
+            self.controller.load_state_dict(st["controller"])
         self.start_step, self.version = st["step"], st["version"]
         # Keep only the rows the checkpoint covers: the continued run rewrites the rest identically.
         rows = [ln for ln in (self.out / "metrics.jsonl").read_text().splitlines()

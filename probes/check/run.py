@@ -6,8 +6,8 @@ start, and seed s of every arm sees the same prompts at every step (prompts are 
 (run.seed, step)), which is what makes the A/B bootstrap paired.
 
 A counterfactual pair (baseline arm B, treatment arm T) runs inside B's runs: before each of B's
-steps, a shadow trainer with T's config is given B's weights and optimizer state and takes that
-step; sampling is seeded by (run.seed, step) and happens before grading, so both updates start from
+steps, a shadow trainer with T's config takes T's counterfactual step from B's weights and optimizer
+state (Trainer.counterfactual_step); sampling is seeded by (run.seed, step) and happens before grading, so both updates start from
 the same weights with the same batch (checked: a fingerprint of the sampled tokens must match; the
 shadow's rows go to `<out>/runs/<B>/seed<s>/cf-<T>/metrics.jsonl`). B's own trajectory is untouched.
 
@@ -19,7 +19,6 @@ intra-op threads), and reusing finished runs of an earlier invocation (use --fro
 """
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import sys
@@ -29,7 +28,7 @@ from typing import Any, Optional
 
 from solidrl.probes.counterfactual import fingerprint
 from solidrl.probes.probeset import attach_probes
-from solidrl.trainer.loop import Trainer
+from solidrl.trainer.loop import StepFrom, Trainer
 
 from . import hypothesis as hyp_mod
 from .hypothesis import Hypothesis, HypothesisError, Plan
@@ -83,42 +82,40 @@ def _metric_check(hyp: Hypothesis, arm: str):
 
 
 class Shadow:
-    """The counterfactual treatment step taken from the baseline trainer's weights, optimizer state and batch."""
+    """A shadow arm: before each of the baseline's steps, the treatment's counterfactual step from there.
+
+    Each step is `Trainer.counterfactual_step` on a trainer of the treatment's config (its own probes
+    attached) from a `StepFrom` copy of the baseline trainer: its weights, optimizer moments and version.
+    The baseline calls `on_base_step_end` as an unclocked hook, so the shadow's time stays out of the
+    baseline's time/*; the shadow's own rows carry theirs.
+    """
 
     def __init__(self, base, cfg_t, out_dir: Path, every: int):
         self.base, self.every = base, every
         self.t = Trainer(cfg_t, out_dir, progress=False)
         _attach_probes(self.t)
         self.rows = open(out_dir / "metrics.jsonl", "a")
-        self.fp: dict[int, str] = {}
+        self.fp: Optional[str] = None
         self.row: Optional[dict] = None
         self.matches = self.total = 0
-        self.t.add_hook("step_end", lambda ctx: self.fp.__setitem__(ctx.step, fingerprint(ctx.rollout)))
 
-    def _sync(self) -> None:
-        """Give the shadow the baseline's weights and optimizer moments (its own hyperparameters stay)."""
-        b, t = self.base, self.t
-        t.model.load_state_dict(b.model.state_dict())
-        if type(t.optimizer) is type(b.optimizer):
-            st = copy.deepcopy(b.optimizer.state_dict())
-            st["param_groups"] = [dict(g, params=bg["params"]) for g, bg in
-                                  zip(t.optimizer.state_dict()["param_groups"], st["param_groups"])]
-            t.optimizer.load_state_dict(st)
-        t.version = b.version
-        if t.engine.separate:
-            t.engine.load_state_dict(copy.deepcopy(b.engine.state_dict()))
+    def attach(self) -> "Shadow":
+        """Take the shadow's first step now and one after each of the baseline's steps."""
+        self.base.add_hook("step_end", self.on_base_step_end, clock=False)
+        self.step(0)
+        return self
 
     def step(self, k: int) -> None:
         self.row = None
         if k >= self.base.cfg.run.steps or k % self.every:
             return
-        self._sync()
-        self.row = self.t.train_step(k)
+        ctx = self.t.counterfactual_step(self.t.cfg, k, StepFrom.of(self.base))
+        self.row, self.fp = ctx.metrics, fingerprint(ctx.rollout)
 
     def on_base_step_end(self, ctx) -> None:
         k = ctx.step
         if self.row is not None:
-            match = self.fp.pop(k, None) == fingerprint(ctx.rollout)
+            match = self.fp == fingerprint(ctx.rollout)
             self.matches += match
             self.total += 1
             self.row["counterfactual/batch_match"] = float(match)
@@ -150,10 +147,9 @@ def _run_one(hyp: Hypothesis, arm: str, seed: int, plan: Plan, out: Path, run_di
                 continue
             d = run_dir / f"cf-{b}"
             sh = Shadow(trainer, hyp_mod.arm_config(hyp, b, plan, seed), d, plan.counterfactual_every)
-            trainer.add_hook("step_end", sh.on_base_step_end)
             shadows.append((b, sh))
         for _, sh in shadows:
-            sh.step(0)
+            sh.attach()
         status = trainer.run()
         rec["status"], rec["reason"] = status["status"], status.get("reason")
     except MetricMissing:  # a mistake in the file, found on the first step: stop everything (exit 2)

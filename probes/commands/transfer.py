@@ -2,7 +2,7 @@
 
     solidrl transfer [--models nano,micro,small,smollm2-135m] [--n 8] [--out runs/transfer] [--set k=v ...]
 
-For each model, N counterfactual one-step updates (probes/counterfactual.py) from the same weights
+For each model, N counterfactual steps (probes/counterfactual.py) from the same weights
 on N real rollout batches, each at a learning rate eta and at eta/2, with the probes' recorder
 attached (JVP on every step). eta is calibrated per model (--target-kl, default 0.01) so that the
 first batch's JVP-predicted kl/step is the same on every model: the first-order predictors' error
@@ -130,7 +130,7 @@ def run_model(name: str, n: int, out: Path, overrides: dict[str, Any], progress:
     from solidrl.trainer.loop import Trainer
     from solidrl.trainer.model import count_params
 
-    from solidrl.probes.counterfactual import OneStep, fingerprint
+    from solidrl.probes.counterfactual import CounterfactualSteps, fingerprint
     from solidrl.probes.probeset import attach_probes
 
     t0 = time.perf_counter()
@@ -143,7 +143,7 @@ def run_model(name: str, n: int, out: Path, overrides: dict[str, Any], progress:
     trainer.add_hook("step_end", second)
     fp: dict[int, set] = {}
     trainer.add_hook("step_end", lambda ctx: fp.setdefault(ctx.step, set()).add(fingerprint(ctx.rollout)))
-    one = OneStep(trainer)
+    one = CounterfactualSteps(trainer)
     eta = eta0 = cfg.optim.lr
     if target_kl > 0:
         eta = calibrated_lr(eta0, float(one.step(0, eta0).get("pred/jvp/kl/step", math.nan)), target_kl)
