@@ -28,6 +28,7 @@ constant lr keeps one-step predictions comparable along a run), sequence packing
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import time
@@ -118,6 +119,8 @@ def check_names(cfg: TrainConfig) -> None:
     algos.KL_ESTIMATORS.check(cfg.algo.kl_estimator)
     algos.CORRECTIONS.check(cfg.offpolicy.correction)
     TASKS.check(cfg.task.name)
+    for f, _ in cfg.params:  # parameters of the selected entries (docs/plugins.md); ConfigError if stale
+        cfg.entry_params(f)
     if cfg.model.path is None:
         MODEL_SIZES.check(cfg.model.size)
         if TASKS.get(cfg.task.name).chat:
@@ -142,7 +145,7 @@ class Trainer:
         self.progress = progress
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
-        self.task = get_task(cfg.task.name)
+        self.task = get_task(cfg.task.name, **cfg.entry_params("task.name"))
         self.budget = cfg.task.max_new_tokens or self.task.max_new_tokens
         self.device = torch.device(cfg.run.device)
         if cfg.model.path:
@@ -258,9 +261,9 @@ class Trainer:
             old_lp = self._policy_logp(old_logits, ids)
             kl_tok = algos.KL_ESTIMATORS.get(a.kl_estimator)(
                 old_lp, self._policy_logp(ref_logits, ids), torch.log_softmax(old_logits, -1),
-                torch.log_softmax(ref_logits, -1))
+                torch.log_softmax(ref_logits, -1), **cfg.entry_params("algo.kl_estimator"))
             rewards = rewards - a.kl_coef * (kl_tok * resp_mask).sum(-1)
-        adv = algos.ADVANTAGES.get(a.advantage)(rewards.view(S // G, G)).reshape(S)
+        adv = algos.ADVANTAGES.get(a.advantage)(rewards.view(S // G, G), **cfg.entry_params("algo.advantage")).reshape(S)
         if a.hard_prompt_weight != 1.0:
             hard = correct.view(S // G, G).mean(-1, keepdim=True).expand(-1, G).reshape(S) < 0.5
             adv = torch.where(hard, adv * a.hard_prompt_weight, adv)
@@ -274,7 +277,7 @@ class Trainer:
         if old_logits is not None:
             old_logp = self._policy_logp(old_logits, ids)
             weights = algos.CORRECTIONS.get(cfg.offpolicy.correction)(
-                old_logp - ro.rollout_logp, resp_mask, self.corr_params)
+                old_logp - ro.rollout_logp, resp_mask, self.corr_params, **cfg.entry_params("offpolicy.correction"))
         else:
             old_logp = None
             weights = torch.ones_like(mask)
@@ -353,16 +356,18 @@ class Trainer:
         """Total loss of one update = PG (x correction weights) + KL (if in the loss) - entropy bonus."""
         a = self.cfg.algo
         mask = ctx.mask[idx]
-        agg = algos.AGGREGATIONS.get(a.loss_agg)
+        agg = functools.partial(algos.AGGREGATIONS.get(a.loss_agg), **self.cfg.entry_params("algo.loss_agg"))
         pg_tok = algos.POLICY_LOSSES.get(a.policy_loss)(
-            logp, ctx.old_logp[idx], ctx.advantages[idx][:, None].expand_as(mask), mask, self.loss_params)
+            logp, ctx.old_logp[idx], ctx.advantages[idx][:, None].expand_as(mask), mask, self.loss_params,
+            **self.cfg.entry_params("algo.policy_loss"))
         parts = {"pg": agg(pg_tok * ctx.weights[idx], mask, float(self.budget))}
         total = parts["pg"]
         if a.kl_coef > 0 and a.kl_placement == "loss":
             ref = ctx.ref_logits[idx]
             ids = ctx.rollout.response_ids[idx]
             kl_tok = algos.KL_ESTIMATORS.get(a.kl_estimator)(
-                logp, self._policy_logp(ref, ids), torch.log_softmax(logits, -1), torch.log_softmax(ref, -1))
+                logp, self._policy_logp(ref, ids), torch.log_softmax(logits, -1), torch.log_softmax(ref, -1),
+                **self.cfg.entry_params("algo.kl_estimator"))
             parts["kl"] = agg(kl_tok, mask, float(self.budget))
             total = total + a.kl_coef * parts["kl"]
         if a.entropy_coef > 0:

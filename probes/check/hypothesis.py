@@ -144,6 +144,8 @@ class Hypothesis:
     derivation: str = ""
     references: tuple[str, ...] = ()
     expected: str = ""
+    plugins: tuple[dict, ...] = ()
+    """{"path", "sha256"} of every plugin loaded for it: `--plugin` files, then the file's plugins = [...]."""
 
     def arm(self, name: str) -> dict[str, Any]:
         return dict(dict(self.arms)[name])
@@ -264,7 +266,7 @@ def predictor_registry():
 
 
 TOP_KEYS = {"name", "claim", "derivation", "references", "expected", "run", "baseline", "treatment",
-            "arms", "predict"}
+            "arms", "predict", "plugins"}
 RUN_KEYS = {"steps", "seeds", "set", "quick", "counterfactual_every", *RUN_SHORTCUTS}
 QUICK_KEYS = {"steps", "seeds", "set", "counterfactual_every", *RUN_SHORTCUTS}
 COMMON_PRED = {"kind", "metric", "label", "note"}
@@ -285,23 +287,55 @@ KIND_REQUIRED = {
 }
 
 
-def load(path: str | Path) -> Hypothesis:
-    """Read and validate a hypothesis file (raises HypothesisError, never anything else for bad input)."""
+def load(path: str | Path, extra_plugins: tuple = (), plugin_base: Optional[Path] = None) -> Hypothesis:
+    """Read and validate a hypothesis file (raises HypothesisError, never anything else for bad input).
+
+    extra_plugins: plugin files from the command line (--plugin), loaded first. plugin_base: the folder
+    the file's `plugins = [...]` paths are relative to (default: the file's own folder; --from-run
+    gives the original file's, recorded in plan.json).
+    """
     path = Path(path)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise HypothesisError(str(path), "", f"cannot read the file ({type(e).__name__}: {e.strerror or e})") from None
-    return parse(text, str(path))
+    return parse(text, str(path), extra_plugins, plugin_base)
 
 
-def parse(text: str, file: str = "<hypothesis>") -> Hypothesis:
+def _load_plugins(c: _Checker, doc: dict, file: str, extra: tuple, base: Optional[Path]) -> tuple[dict, ...]:
+    """Import --plugin files, then the file's plugins = [...] (paths relative to `base`); their records."""
+    from solidrl.trainer import plugins as plug
+
+    names = doc.get("plugins", [])
+    if not isinstance(names, list):
+        c.fail("plugins", f"expected a list of Python file paths, got {_show(names)}")
+    recs: dict[str, dict] = {}
+    for i, x in enumerate(extra):
+        try:
+            r = plug.load(x)
+        except plug.PluginError as e:
+            c.fail("--plugin", str(e))
+        recs[r["path"]] = r
+    base = base if base is not None else Path(file).resolve().parent
+    for i, x in enumerate(names):
+        c.string(x, f"plugins[{i}]")
+        try:
+            r = plug.load(x, base)
+        except plug.PluginError as e:
+            c.fail(f"plugins[{i}]", str(e))
+        recs[r["path"]] = r
+    return tuple(recs.values())
+
+
+def parse(text: str, file: str = "<hypothesis>", extra_plugins: tuple = (),
+          plugin_base: Optional[Path] = None) -> Hypothesis:
     c = _Checker(file)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise HypothesisError(file, "", f"not valid TOML ({e})") from None
     c.keys(doc, "", TOP_KEYS, required=("name", "claim", "run", "predict"))
+    plugin_recs = _load_plugins(c, doc, file, tuple(extra_plugins), plugin_base)  # before any name is looked up
     name = c.string(doc["name"], "name")
     if not _NAME.match(name):
         c.fail("name", f"{name!r}: use letters, digits, '_', '-', '.' (it names the output folder)")
@@ -331,7 +365,8 @@ def parse(text: str, file: str = "<hypothesis>") -> Hypothesis:
         if labels.index(lab) != i:
             c.fail(f"predict[{i}].label", f"duplicate label {lab!r}; labels name the rows of the report")
     hyp = Hypothesis(name=name, claim=claim, file=file, text=text, arms=arms, plan=plan, quick=quick,
-                     predictions=preds, derivation=derivation, references=refs, expected=expected)
+                     predictions=preds, derivation=derivation, references=refs, expected=expected,
+                     plugins=plugin_recs)
     for p in preds:
         for a in p.arms_used():
             if a not in arm_names:
@@ -488,15 +523,21 @@ def arm_config(hyp: Hypothesis, arm: str, plan: Plan, seed: int):
     """The TrainConfig of one (arm, seed): defaults <- plan overrides <- arm overrides <- seed, steps."""
     from solidrl.trainer.config import TrainConfig, apply_overrides
 
+    from dataclasses import replace
+
     over = {**dict(plan.overrides), **hyp.arm(arm), "run.seed": seed, "run.steps": plan.steps}
-    return apply_overrides(TrainConfig(), over)
+    cfg = apply_overrides(TrainConfig(), over)
+    return replace(cfg, plugins=tuple((r["path"], r["sha256"]) for r in hyp.plugins))
 
 
 def _arm_field(hyp: Hypothesis, arm: str, plan: Plan, msg: str) -> str:
     """Best guess of which field an error message is about: the override whose key or value it names."""
     fld_arm = arm if arm in ("baseline", "treatment") else f"arms.{arm}"
+    for k, v in sorted(hyp.arm(arm).items(), key=lambda kv: -len(kv[0])):  # algo.advantage.k before algo.advantage
+        if k in msg:
+            return f"{fld_arm}.{k}"
     for k, v in hyp.arm(arm).items():
-        if k in msg or repr(v) in msg:
+        if repr(v) in msg:
             return f"{fld_arm}.{k}"
     for k, v in plan.overrides:
         if k in msg or repr(v) in msg:
