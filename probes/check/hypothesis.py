@@ -103,6 +103,8 @@ class Prediction:
     max_median_rel_error: Optional[float] = None
     ratio: Optional[tuple[float, float]] = None  # trajectory: accumulated predicted / observed change
     note: str = ""
+    predictor_params: tuple[tuple[str, Any], ...] = ()
+    """The predictor's parameters ("predictor.<name>" = value in the file); set ones are computed from stats/."""
 
     @property
     def field(self) -> str:
@@ -434,6 +436,9 @@ def _parse_plan(c: _Checker, run: dict, fld: str, base: Optional[Plan] = None) -
 def _parse_prediction(c: _Checker, p: Any, i: int, arm_names: tuple[str, ...]) -> Prediction:
     fld = f"predict[{i}]"
     c.table(p, fld)
+    # "predictor.<param>" = value: a parameter of the predictor (docs/plugins.md), split off before the key check
+    pparams = {k.split(".", 1)[1]: v for k, v in p.items() if isinstance(k, str) and k.startswith("predictor.")}
+    p = {k: v for k, v in p.items() if not (isinstance(k, str) and k.startswith("predictor."))}
     if "kind" not in p:
         c.fail(f"{fld}.kind", f"missing (required); allowed: {', '.join(KINDS)}")
     kind = c.choice(p["kind"], f"{fld}.kind", KINDS)
@@ -487,6 +492,17 @@ def _parse_prediction(c: _Checker, p: Any, i: int, arm_names: tuple[str, ...]) -
         kw["ratio"] = c.pair(p["ratio"], f"{fld}.ratio")
     label = c.string(p["label"], f"{fld}.label") if "label" in p else fld
     note = c.string(p.get("note", ""), f"{fld}.note", nonempty=False)
+    if pparams:
+        name = kw.get("predictor") or (kw["predicted"].predictor if kw.get("predicted") else None)
+        if name is None:
+            c.fail(f"{fld}.predictor.{next(iter(pparams))}", "predictor parameters need a predictor = '<name>'")
+        from solidrl.theory.registry import ParamError
+
+        try:
+            kw["predictor_params"] = tuple(predictor_registry().bind(name, pparams, f"{fld}.predictor").items())
+        except ParamError as e:
+            where, _, why = str(e).partition(": ")
+            c.fail(where, why)
     return Prediction(index=i, kind=kind, metric=metric, label=label, note=note, **kw)
 
 
