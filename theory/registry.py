@@ -83,8 +83,8 @@ def declared_params(obj: Any, where: str = "") -> dict[str, Param]:
     for p in kw:
         tp = hints.get(p.name)
         if tp not in PARAM_TYPES:
-            raise ParamError(f"{where}: parameter {p.name!r} must be annotated int, float, bool or str "
-                             f"(got {getattr(tp, '__name__', tp)!r})")
+            got = "no annotation" if tp is None else f"{getattr(tp, '__name__', tp)!r}"
+            raise ParamError(f"{where}: parameter {p.name!r} must be annotated int, float, bool or str (got {got})")
         if p.default is inspect.Parameter.empty:
             raise ParamError(f"{where}: parameter {p.name!r} needs a default (e.g. {p.name}: {tp.__name__} = ...)")
         ok = isinstance(p.default, tp) and not (tp is not bool and isinstance(p.default, bool))

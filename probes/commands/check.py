@@ -119,7 +119,8 @@ def run_check(args) -> int:
             raise HypothesisError(str(src), "--from-run", str(e)) from None
         hfile = Path(args.hypothesis) if args.hypothesis else src / "hypothesis.toml"
         base = Path(record["plugin_base"]) if not args.hypothesis and record.get("plugin_base") else None
-        hyp = hyp_mod.load(hfile, tuple(args.plugin), plugin_base=base)
+        recorded = tuple(r["path"] for r in record.get("plugins", []))  # loaded above: no-ops, kept in hyp.plugins
+        hyp = hyp_mod.load(hfile, recorded + tuple(args.plugin), plugin_base=base)
         if args.seeds or args.steps or args.quick:
             raise HypothesisError(str(hfile), "--from-run", "takes the runs as they are; "
                                   "--seeds, --steps and --quick apply to new runs only")
