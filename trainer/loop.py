@@ -432,6 +432,7 @@ class Trainer:
         if not path.exists():
             raise ConfigError(f"--resume: no checkpoint at {path}; run without --resume or set run.checkpoint_every")
         saved_cfg = json.loads((self.out / "config.json").read_text())
+        saved_cfg.setdefault("params", {}), saved_cfg.setdefault("plugins", [])  # runs from before these fields
         if saved_cfg != json.loads(self.cfg.to_json()) | {"run": saved_cfg["run"]}:
             raise ConfigError(f"--resume: the config differs from {self.out / 'config.json'} (only run.* may change)")
         st = torch.load(path, map_location=self.device, weights_only=False)

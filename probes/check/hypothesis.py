@@ -579,6 +579,7 @@ def check_configs(hyp: Hypothesis, plans: Optional[tuple[Plan, ...]] = None) -> 
         ca, cb = (arm_config(hyp, x, hyp.plan, 0).to_dict() for x in (a, b))
         diff = [f"{s}.{k}" for s in SAMPLING_SECTIONS for k in ca[s] if ca[s][k] != cb[s][k]]
         diff += [k for k in SAMPLING_FIELDS if ca[k.split('.')[0]][k.split('.')[1]] != cb[k.split('.')[0]][k.split('.')[1]]]
+        diff += [f"{f}.<parameters>" for f in ("task.name",) if ca["params"].get(f) != cb["params"].get(f)]
         if diff:
             i = next(p.index for p in hyp.predictions if p.kind == "counterfactual" and p.arms == (a, b))
             raise HypothesisError(
