@@ -328,6 +328,8 @@ def test_every_registry_through_train_recorded_and_resumed(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["audit", str(out)]) in (0, 1)
     assert "error" not in capsys.readouterr().err
+    assert cli.main(["plot", str(out), "--out", str(tmp_path / "t.png")]) == 0  # the plugin predictor beside its metric
+    assert (tmp_path / "t.png").stat().st_size > 0
     # a changed plugin: one line, exit 2, rows untouched
     plugins.unload_all()
     p.write_text(EVERY + "\n# edited\n")
@@ -435,3 +437,13 @@ def test_std_eps_derivation_holds_and_the_predictor_matches_it():
         direct = math.sqrt(float((adv(r.double(), eps=eps) ** 2).sum() / (grpo(r.double()) ** 2).sum()))
         assert got == pytest.approx(direct, rel=1e-9)
     assert fn({"reward": torch.ones(8, dtype=torch.float64), "group_index": torch.arange(8) // 4}) == {}
+
+
+def test_the_worked_example_parses_with_its_plugin_and_parameters():
+    from solidrl.probes.check import hypothesis as hyp_mod
+
+    hyp = hyp_mod.load(EXAMPLE / "std_eps.toml")
+    assert [r["path"] for r in hyp.plugins] == [str((EXAMPLE / "std_eps.py").resolve())]
+    cfg = hyp_mod.arm_config(hyp, "eps_half", hyp.quick, 0)
+    assert cfg.entry_params("algo.advantage") == {"eps": 0.5} and cfg.plugins[0][1] == plugins.sha256(EXAMPLE / "std_eps.py")
+    assert dict(hyp.predictions[1].predictor_params) == {"eps": 0.5}
