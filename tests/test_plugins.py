@@ -381,6 +381,18 @@ max_median_rel_error = 1e-9
     assert check.main(["--from-run", str(out), "--out", str(tmp_path / "again"), "--quiet", "--no-plots"]) == code
     again = json.loads((tmp_path / "again" / "report.json").read_text())
     assert [e["verdict"] for e in again["predictions"]] == [e["verdict"] for e in rep["predictions"]]
+    # a new predictor may be added for re-judging (a plugin the runs did not have, computed from stats/)
+    plugins.unload_all()
+    extra = _write(tmp_path, "extra.py", """
+        from solidrl.theory.predictors import need, predictor
+
+        @predictor("half_grad_norm")
+        def half_grad_norm(stats):
+            (g,) = need(stats, "half_grad_norm", "grad_norm")
+            return {"grad/norm": float(g) / 2}
+        """)
+    assert check.main(["--from-run", str(out), "--plugin", str(extra), "--out", str(tmp_path / "more"), "--quiet",
+                       "--no-plots"]) == code, capsys.readouterr().err
     # a changed plugin, then a missing one: one line, exit 2, nothing written
     for change in (lambda: every.write_text(EVERY + "\n# edited\n"), lambda: every.unlink()):
         plugins.unload_all()

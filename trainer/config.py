@@ -209,8 +209,14 @@ class TrainConfig:
         reg = selector_registry(field_)
         if reg is None:
             raise ConfigError(f"{field_} does not select a registered entry")
+        from solidrl.theory.registry import ParamError, UnknownNameError
+
         sec, name = field_.split(".", 1)
-        return reg.resolved(getattr(getattr(self, sec), name), dict(dict(self.params).get(field_, ())))
+        entry = getattr(getattr(self, sec), name)
+        try:  # checked again here: a config built with dataclasses.replace may hold another entry's parameters
+            return reg.resolved(entry, reg.bind(entry, dict(dict(self.params).get(field_, ())), field_))
+        except (ParamError, UnknownNameError) as e:
+            raise ConfigError(str(e)) from None
 
     @property
     def updates_per_step(self) -> int:
