@@ -98,7 +98,8 @@ class OffPolicyProbe:
             name = cfg.offpolicy.correction
             if name != "none":
                 w = ctx.weights[loss].to(F64)
-                hit = algos.touched(name, x_all.to(ro.rollout_logp.dtype), ctx.mask, ctx.corr_params)
+                hit = algos.touched(name, x_all.to(ro.rollout_logp.dtype), ctx.mask, ctx.corr_params,
+                                    **ctx.cfg.entry_params("offpolicy.correction"))
                 row.update({"correction/touched_frac": float(hit[loss].to(F64).mean()),
                             "correction/weight_mean": float(w.mean()), "correction/weight_var": float(w.var(correction=0)),
                             "correction/weight_max": float(w.max())})

@@ -340,6 +340,9 @@ class Recorder:
             "logp": o["logp"], "entropy": o["entropy"], "sum_p2": o["sum_p2"],
             "sum_p2_logp": o["sum_p2_logp"], "sum_p3": o["sum_p3"],
             "adv": adv_tok[loss_tok], "seq_index": seq_index[loss_tok],
+            # which token and where in its response (docs/contracts.md): predictors can single tokens out
+            "token_id": ro.response_ids[st.sel][loss_tok].long(),
+            "position": torch.arange(st.sel.shape[1], device=st.sel.device).expand_as(st.sel)[st.sel][loss_tok],
             "log_ratio": (st.old["logp"] - rollout_logp)[loss_tok],
             "reward": ctx.rewards.to(F64), "correct": ctx.correct.to(F64), "length": ro.lengths.to(F64),
             "truncated": ro.truncated.to(F64),

@@ -13,7 +13,7 @@ Left out: predictions that need more than one step's statistics (trajectories ar
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -24,7 +24,7 @@ from solidrl.theory.kernel import derive_jvp, derive_kernel_crosstalk
 from solidrl.theory.offpolicy import derive_clip_frac, derive_icepop, derive_tis
 from solidrl.theory.registry import Registry
 
-__all__ = ["PREDICTORS", "MissingStatError", "GRPO_STD_EPS"]
+__all__ = ["PREDICTORS", "MissingStatError", "GRPO_STD_EPS", "predictor", "need"]
 
 Stats = Mapping[str, Tensor]
 PredictorFn = Callable[..., dict[str, float]]
@@ -48,16 +48,30 @@ def _need(stats: Stats, name: str, *keys: str) -> list[Tensor]:
     return [torch.as_tensor(stats[k]).double() for k in keys]
 
 
-def _predictor(name: str, derivation: Callable) -> Callable[[PredictorFn], PredictorFn]:
-    """Register fn as predictor `name` and record the derivation it was compiled from."""
-    if derivation.__name__ != f"derive_{name}":
-        raise ValueError(f"predictor {name!r} must be compiled from derive_{name}, got {derivation.__name__}")
+def predictor(name: str, derivation: Optional[Callable] = None) -> Callable[[PredictorFn], PredictorFn]:
+    """Public decorator (docs/plugins.md): register fn(stats) as predictor `name`, compiled from `derivation`.
+
+    The derivation is optional for a plugin's predictor; when given it must be named derive_<name>
+    (the built-ins' convention: predictor X <- derive_X) and is kept as fn.derivation.
+    """
+    if derivation is not None and getattr(derivation, "__name__", None) != f"derive_{name}":
+        raise ValueError(f"predictor {name!r} must be compiled from derive_{name}, "
+                         f"got {getattr(derivation, '__name__', derivation)!r}")
 
     def deco(fn: PredictorFn) -> PredictorFn:
         fn.derivation = derivation
         return PREDICTORS.register(name)(fn)
 
     return deco
+
+
+def _predictor(name: str, derivation: Callable) -> Callable[[PredictorFn], PredictorFn]:
+    """The built-ins' form: a derivation is required."""
+    return predictor(name, derivation)
+
+
+need = _need
+"""need(stats, predictor_name, *keys) -> float64 tensors, or MissingStatError naming the absent key (public)."""
 
 
 def _mean(x: Tensor) -> float:

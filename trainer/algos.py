@@ -37,6 +37,7 @@ __all__ = [
     "ADVANTAGES", "POLICY_LOSSES", "AGGREGATIONS", "KL_ESTIMATORS", "CORRECTIONS",
     "PolicyLossParams", "CorrectionParams",
     "token_weights", "touched", "gather_logprobs", "entropy_from_logits",
+    "advantage", "policy_loss", "aggregation", "kl_estimator", "correction",
 ]
 
 
@@ -61,7 +62,7 @@ def _row_mean(x: Tensor, mask: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 AdvantageFn = Callable[[Tensor], Tensor]
-ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator")
+ADVANTAGES: Registry[AdvantageFn] = Registry("advantage estimator", field="algo.advantage")
 
 GRPO_STD_EPS = 1e-6  # DeepSeekMath gives no epsilon; 1e-6 keeps an all-equal group at 0 (0 / 1e-6), not NaN.
 
@@ -174,7 +175,7 @@ class PolicyLossParams:
 
 
 PolicyLossFn = Callable[[Tensor, Tensor, Tensor, Tensor, PolicyLossParams], Tensor]
-POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss")
+POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss", field="algo.policy_loss")
 
 
 def _clipped_surrogate(ratio: Tensor, adv: Tensor, p: PolicyLossParams) -> Tensor:
@@ -239,7 +240,7 @@ def seq_ratio(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, p: Poli
 # ---------------------------------------------------------------------------------------------
 
 AggregationFn = Callable[[Tensor, Tensor, float], Tensor]
-AGGREGATIONS: Registry[AggregationFn] = Registry("loss aggregation")
+AGGREGATIONS: Registry[AggregationFn] = Registry("loss aggregation", field="algo.loss_agg")
 
 
 @AGGREGATIONS.register("token-mean")
@@ -311,7 +312,7 @@ def token_weights(agg_name: str, mask: Tensor, norm_const: float) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 KLFn = Callable[[Tensor, Tensor, Optional[Tensor], Optional[Tensor]], Tensor]
-KL_ESTIMATORS: Registry[KLFn] = Registry("KL estimator")
+KL_ESTIMATORS: Registry[KLFn] = Registry("KL estimator", field="algo.kl_estimator")
 
 
 @KL_ESTIMATORS.register("k1")
@@ -394,7 +395,7 @@ def _in_ratio_range(log_ratio: Tensor, low: float, high: float) -> Tensor:
 
 
 CorrectionFn = Callable[[Tensor, Tensor, CorrectionParams], Tensor]
-CORRECTIONS: Registry[CorrectionFn] = Registry("off-policy correction")
+CORRECTIONS: Registry[CorrectionFn] = Registry("off-policy correction", field="offpolicy.correction")
 
 
 @CORRECTIONS.register("none")
@@ -445,7 +446,7 @@ def masked_seq_is(log_ratio: Tensor, mask: Tensor, p: CorrectionParams) -> Tenso
     return torch.where(keep, ratio, torch.zeros_like(ratio))
 
 
-def touched(name: str, log_ratio: Tensor, mask: Tensor, p: CorrectionParams) -> Tensor:
+def touched(name: str, log_ratio: Tensor, mask: Tensor, p: CorrectionParams, **params) -> Tensor:
     """Bool [B,T]: response tokens (mask > 0) whose correction weight differs from the raw ratio exp(log_ratio).
 
     That is the tokens a correction truncated or masked; its mean over the mask is the fraction touched.
@@ -455,7 +456,19 @@ def touched(name: str, log_ratio: Tensor, mask: Tensor, p: CorrectionParams) -> 
     if name == "none":
         return torch.zeros_like(mask, dtype=torch.bool)
     with torch.no_grad():
-        return (fn(log_ratio, mask, p) != torch.exp(log_ratio)) & (mask > 0)
+        return (fn(log_ratio, mask, p, **params) != torch.exp(log_ratio)) & (mask > 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The public decorators (docs/plugins.md): `@advantage("name")` registers fn into ADVANTAGES, etc.
+# An entry's keyword-only arguments (after `*`) are its parameters, set by `--set algo.advantage.k=4`.
+# ---------------------------------------------------------------------------------------------
+
+advantage = ADVANTAGES.register
+policy_loss = POLICY_LOSSES.register
+aggregation = AGGREGATIONS.register
+kl_estimator = KL_ESTIMATORS.register
+correction = CORRECTIONS.register
 
 
 # ---------------------------------------------------------------------------------------------

@@ -210,6 +210,29 @@ class TrainConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     probes: ProbesConfig = field(default_factory=ProbesConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    params: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    """Parameters of the selected registry entries, set explicitly: ((selecting field, ((name, value), ...)), ...),
+    e.g. (('algo.advantage', (('k', 4),)),) from `--set algo.advantage.k=4` (docs/plugins.md). Defaults are
+    not stored: `entry_params` adds them."""
+    plugins: tuple[tuple[str, str], ...] = ()
+    """Plugin files the run was made with: ((absolute path, sha256), ...) (trainer/plugins.py)."""
+
+    def entry_params(self, field_: str) -> dict[str, Any]:
+        """The keyword arguments of the entry that config field `field_` selects: declared defaults <- set values.
+
+        E.g. cfg.entry_params("algo.advantage") -> {"k": 4}; {} for an entry without parameters.
+        """
+        reg = selector_registry(field_)
+        if reg is None:
+            raise ConfigError(f"{field_} does not select a registered entry")
+        from solidrl.theory.registry import ParamError, UnknownNameError
+
+        sec, name = field_.split(".", 1)
+        entry = getattr(getattr(self, sec), name)
+        try:  # checked again here: a config built with dataclasses.replace may hold another entry's parameters
+            return reg.resolved(entry, reg.bind(entry, dict(dict(self.params).get(field_, ())), field_))
+        except (ParamError, UnknownNameError) as e:
+            raise ConfigError(str(e)) from None
 
     @property
     def updates_per_step(self) -> int:
@@ -224,7 +247,10 @@ class TrainConfig:
                 and self.rollout.top_k == 0 and self.rollout.top_p == 1.0)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["params"] = {f: dict(kv) for f, kv in self.params}
+        d["plugins"] = [{"path": p, "sha256": h} for p, h in self.plugins]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -236,6 +262,24 @@ class TrainConfig:
 
 def _field_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def _sections() -> dict[str, Any]:
+    """section name -> its dataclass (params and plugins are not sections)."""
+    return {k: v for k, v in _field_types(TrainConfig).items() if dataclasses.is_dataclass(v)}
+
+
+def selector_registry(field_: str):
+    """The registry whose entry the str field `field_` (e.g. 'algo.advantage') selects, or None.
+
+    The built-in trainer registries are imported here so that they exist; a registry declared in another
+    module (Registry(kind, field=...)) is found once that module is imported (trainer/loop.py imports all).
+    """
+    from solidrl.theory.registry import by_field
+
+    from . import algos, controllers, shaping, tasks  # noqa: F401 - registers the built-in entries
+
+    return by_field(field_)
 
 
 def _parse_value(raw: Any, tp: Any, key: str) -> Any:
@@ -299,16 +343,17 @@ def _parse_value(raw: Any, tp: Any, key: str) -> Any:
 def field_names(cfg: TrainConfig | None = None) -> list[str]:
     """All dotted field names, e.g. 'algo.advantage'."""
     out = []
-    for sec in dataclasses.fields(TrainConfig):
-        for f in dataclasses.fields(_field_types(TrainConfig)[sec.name]):
-            out.append(f"{sec.name}.{f.name}")
+    for sec, cls in _sections().items():
+        for f in dataclasses.fields(cls):
+            out.append(f"{sec}.{f.name}")
     return out
 
 
 def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     """Return a new config with dotted-name overrides applied; values may be strings (parsed by type)."""
     sections: dict[str, dict[str, Any]] = {}
-    sec_types = _field_types(TrainConfig)
+    sec_types = _sections()
+    entry_params: dict[str, dict[str, Any]] = {}  # selecting field -> {param: raw value}
     for key, raw in overrides.items():
         if "." not in key:
             raise ConfigError(
@@ -318,11 +363,47 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
         if sec not in sec_types:
             raise ConfigError(f"unknown config section {sec!r} in {key!r}; known: {', '.join(sec_types)}")
         ftypes = _field_types(sec_types[sec])
+        head, _, param = name.partition(".")
+        if param and head in ftypes and ftypes[head] is str:  # a parameter of the selected entry
+            entry_params.setdefault(f"{sec}.{head}", {})[param] = raw
+            continue
         if name not in ftypes:
             raise ConfigError(f"unknown config field {key!r}; known in [{sec}]: {', '.join(ftypes)}")
         sections.setdefault(sec, {})[name] = _parse_value(raw, ftypes[name], key)
     new = {s: dataclasses.replace(getattr(cfg, s), **kv) for s, kv in sections.items()}
-    return dataclasses.replace(cfg, **new)
+    out = dataclasses.replace(cfg, **new)
+    return _apply_params(cfg, out, entry_params) if (entry_params or cfg.params) else out
+
+
+def _apply_params(old: TrainConfig, cfg: TrainConfig, given: dict[str, dict[str, Any]]) -> TrainConfig:
+    """cfg with its params: those of `old` whose entry is still selected, updated by `given` (checked, coerced).
+
+    A parameter is validated against the entry selected after the overrides (`--set algo.advantage=x
+    --set algo.advantage.k=4` sets k of x); an unknown one or a wrong type is a ConfigError naming the allowed.
+    """
+    from solidrl.theory.registry import ParamError, UnknownNameError
+
+    def selected(c: TrainConfig, f: str) -> str:
+        sec, name = f.split(".", 1)
+        return getattr(getattr(c, sec), name)
+
+    params = {f: dict(kv) for f, kv in old.params if selected(old, f) == selected(cfg, f)}
+    for f, vals in given.items():
+        reg = selector_registry(f)
+        if reg is None:
+            raise ConfigError(f"{f}.{next(iter(vals))}: {f} does not select a registered entry, so it has no "
+                              f"parameters; parameters belong to a selecting field (e.g. algo.advantage.<name>)")
+        try:
+            params.setdefault(f, {}).update(reg.bind(selected(cfg, f), vals, f))
+        except (ParamError, UnknownNameError) as e:
+            raise ConfigError(str(e)) from None
+    packed = tuple((f, tuple(sorted(kv.items()))) for f, kv in sorted(params.items()) if kv)
+    return dataclasses.replace(cfg, params=packed)
+
+
+def params_overrides(params: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """{'algo.advantage': {'k': 4}} (config.json's params) -> {'algo.advantage.k': 4} (overrides)."""
+    return {f"{f}.{k}": v for f, kv in params.items() for k, v in kv.items()}
 
 
 def parse_set_args(items: list[str]) -> dict[str, str]:
@@ -350,7 +431,10 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     """Rebuild a TrainConfig from `to_dict()` output (e.g. a run's config.json)."""
-    return apply_overrides(TrainConfig(), flatten(d))
+    d = dict(d)
+    params, plugins = d.pop("params", {}) or {}, d.pop("plugins", []) or []
+    cfg = apply_overrides(TrainConfig(), {**flatten(d), **params_overrides(params)})
+    return dataclasses.replace(cfg, plugins=tuple((p["path"], p["sha256"]) for p in plugins))
 
 
 def validate(cfg: TrainConfig) -> None:

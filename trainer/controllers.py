@@ -31,7 +31,7 @@ from .config import ConfigError, TrainConfig
 from .context import StepContext
 from .shaping import entry_params
 
-CONTROLLERS: Registry[type] = Registry("step controller")
+CONTROLLERS: Registry[type] = Registry("step controller", field="algo.controller")
 FROM_CONFIG = ("target", "horizon")  # parameters the built-ins take from algo.controller_<name>
 
 

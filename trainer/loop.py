@@ -40,6 +40,7 @@ constant lr keeps one-step predictions comparable along a run), sequence packing
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import sys
 import time
@@ -88,6 +89,8 @@ def check_names(cfg: TrainConfig) -> None:
     shaping.TOKEN_WEIGHTINGS.check(cfg.algo.token_weighting)
     if cfg.algo.controller != "none":
         CONTROLLERS.check(cfg.algo.controller)
+    for f, _ in cfg.params:  # parameters of the selected entries (docs/plugins.md); ConfigError if stale
+        cfg.entry_params(f)
     if cfg.model.path is None:
         MODEL_SIZES.check(cfg.model.size)
         if TASKS.get(cfg.task.name).chat:
@@ -112,7 +115,7 @@ class Trainer:
         self.progress = progress
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
-        self.task = get_task(cfg.task.name)
+        self.task = get_task(cfg.task.name, **cfg.entry_params("task.name"))
         self.budget = cfg.task.max_new_tokens or self.task.max_new_tokens
         self.device = torch.device(cfg.run.device)
         if cfg.model.path:
@@ -317,14 +320,16 @@ class Trainer:
                                   group_size=G, budget=self.budget, old_logits=old_logits,
                                   old_logp=old_logp, ref_logits=ref_logits, kl_estimator=a.kl_estimator)
         rewards = shaping.shape_rewards(cfg, correct.clone(), sb)
-        adv = algos.ADVANTAGES.get(a.advantage)(rewards.view(S // G, G)).reshape(S)
+        adv = algos.ADVANTAGES.get(a.advantage)(rewards.view(S // G, G),
+                                                **cfg.entry_params("algo.advantage")).reshape(S)
         tw = shaping.weigh_tokens(cfg, sb)
         if tw.seq is not None:
             adv = adv * tw.seq
         mask = resp_mask.clone() if tw.keep is None else resp_mask.clone() * tw.keep
         if need_old_forward:
             weights = algos.CORRECTIONS.get(cfg.offpolicy.correction)(
-                old_logp - ro.rollout_logp, resp_mask, correction_params(cfg))
+                old_logp - ro.rollout_logp, resp_mask, correction_params(cfg),
+                **cfg.entry_params("offpolicy.correction"))
         else:
             weights = torch.ones_like(mask)
         if tw.token is not None:
@@ -406,16 +411,18 @@ class Trainer:
         cfg = cfg or ctx.cfg
         a = cfg.algo
         mask = ctx.mask[idx]
-        agg = algos.AGGREGATIONS.get(a.loss_agg)
+        agg = functools.partial(algos.AGGREGATIONS.get(a.loss_agg), **self.cfg.entry_params("algo.loss_agg"))
         pg_tok = algos.POLICY_LOSSES.get(a.policy_loss)(
-            logp, ctx.old_logp[idx], ctx.advantages[idx][:, None].expand_as(mask), mask, policy_loss_params(cfg))
+            logp, ctx.old_logp[idx], ctx.advantages[idx][:, None].expand_as(mask), mask, policy_loss_params(cfg),
+            **cfg.entry_params("algo.policy_loss"))
         parts = {"pg": agg(pg_tok * ctx.weights[idx], mask, float(self.budget))}
         total = parts["pg"]
         if a.kl_coef > 0 and a.kl_placement == "loss":
             ref = ctx.ref_logits[idx]
             ids = ctx.rollout.response_ids[idx]
             kl_tok = algos.KL_ESTIMATORS.get(a.kl_estimator)(
-                logp, self._policy_logp(ref, ids), torch.log_softmax(logits, -1), torch.log_softmax(ref, -1))
+                logp, self._policy_logp(ref, ids), torch.log_softmax(logits, -1), torch.log_softmax(ref, -1),
+                **self.cfg.entry_params("algo.kl_estimator"))
             parts["kl"] = agg(kl_tok, mask, float(self.budget))
             total = total + a.kl_coef * parts["kl"]
         if a.entropy_coef > 0:
@@ -489,6 +496,7 @@ class Trainer:
         if not path.exists():
             raise ConfigError(f"--resume: no checkpoint at {path}; run without --resume or set run.checkpoint_every")
         saved_cfg = json.loads((self.out / "config.json").read_text())
+        saved_cfg.setdefault("params", {}), saved_cfg.setdefault("plugins", [])  # runs from before these fields
         if saved_cfg != json.loads(self.cfg.to_json()) | {"run": saved_cfg["run"]}:
             raise ConfigError(f"--resume: the config differs from {self.out / 'config.json'} (only run.* may change)")
         st = torch.load(path, map_location=self.device, weights_only=False)

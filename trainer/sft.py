@@ -45,11 +45,14 @@ def sft_key(cfg: TrainConfig) -> str:
     # the functions it calls by name missed a change to response_logits' summation order, and a cached
     # cold start from older code then differed from the one a fresh clone trains.
     task_cls = TASKS.get(cfg.task.name)
-    code = "".join(inspect.getsource(c) for c in task_cls.__mro__ if c.__module__ == tasks_mod.__name__)
+    code = "".join(inspect.getsource(c) for c in task_cls.__mro__  # built in, or a plugin's (trainer/plugins.py)
+                   if c.__module__ == tasks_mod.__name__ or c.__module__.startswith("solidrl_plugin_"))
     code += "".join(Path(f).read_text() for f in _KEY_FILES)
     payload = {"size": repr(MODEL_SIZES.get(cfg.model.size)), "task": cfg.task.name, "dtype": cfg.model.dtype,
                "sft": dataclasses.asdict(cfg.sft), "alphabet": ALPHABET,
                "code": hashlib.sha256(code.encode()).hexdigest()}
+    if cfg.entry_params("task.name"):  # a task's parameters change its problems (absent: keys stay as they were)
+        payload["task_params"] = cfg.entry_params("task.name")
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
     return f"{cfg.task.name}-{cfg.model.size}-{digest}"
 
@@ -102,7 +105,7 @@ def run_sft(cfg: TrainConfig, out_dir: Optional[Path] = None, progress: bool = T
 
 def _run_sft(cfg: TrainConfig, out_dir: Optional[Path], progress: bool) -> Path:
     out_dir = Path(out_dir) if out_dir else sft_dir(cfg)
-    task = get_task(cfg.task.name)
+    task = get_task(cfg.task.name, **cfg.entry_params("task.name"))
     budget = cfg.task.max_new_tokens or task.max_new_tokens
     tok = build_char_tokenizer()
     s = cfg.sft

@@ -69,8 +69,8 @@ class TokenWeights(NamedTuple):
 
 RewardTransform = Callable[..., Tensor]
 TokenWeighting = Callable[..., TokenWeights]
-REWARD_TRANSFORMS: Registry[RewardTransform] = Registry("reward transform")
-TOKEN_WEIGHTINGS: Registry[TokenWeighting] = Registry("token weighting")
+REWARD_TRANSFORMS: Registry[RewardTransform] = Registry("reward transform", field="algo.reward_transforms")
+TOKEN_WEIGHTINGS: Registry[TokenWeighting] = Registry("token weighting", field="algo.token_weighting")
 
 
 def entry_params(cfg: TrainConfig, field: str, name: str) -> dict[str, Any]:

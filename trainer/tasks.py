@@ -60,7 +60,10 @@ class Task:
         return self.sample(2000, np.random.default_rng(12345))
 
 
-TASKS: Registry[type[Task]] = Registry("task")
+TASKS: Registry[type[Task]] = Registry("task", field="task.name")
+task = TASKS.register
+"""Public decorator (docs/plugins.md): `@task("name")` on a Task subclass; its __init__'s keyword-only
+arguments are its parameters (`--set task.name.digits=3`)."""
 
 _INT = re.compile(r"-?\d+")
 
@@ -237,5 +240,5 @@ class ChatAddition(Task):
         return [self._problem(a, b) for a in range(1, 10) for b in range(1, 10)]
 
 
-def get_task(name: str) -> Task:
-    return TASKS.get(name)()
+def get_task(name: str, **params) -> Task:
+    return TASKS.get(name)(**params)

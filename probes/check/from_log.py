@@ -161,7 +161,7 @@ def run_from_log(args) -> int:
         raise LogError("<command line>", "--from-log needs the hypothesis file: probe-check HYP.toml --from-log ARM=FILE ...")
     if args.from_run or args.seeds or args.steps or args.quick:
         raise LogError("--from-log", "takes the logs as they are; --from-run, --seeds, --steps and --quick do not apply")
-    hyp = hyp_mod.load(args.hypothesis)
+    hyp = hyp_mod.load(args.hypothesis, tuple(getattr(args, "plugin", None) or ()))
     out = Path(args.out) if args.out else Path("runs") / "probe-check" / f"{hyp.name}-from-log"
     out.mkdir(parents=True, exist_ok=True)
     (out / "hypothesis.toml").write_text(hyp.text)

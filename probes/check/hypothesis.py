@@ -106,6 +106,8 @@ class Prediction:
     max_median_rel_error: Optional[float] = None
     ratio: Optional[tuple[float, float]] = None  # trajectory: accumulated predicted / observed change
     note: str = ""
+    predictor_params: tuple[tuple[str, Any], ...] = ()
+    """The predictor's parameters ("predictor.<name>" = value in the file); set ones are computed from stats/."""
 
     @property
     def field(self) -> str:
@@ -147,6 +149,8 @@ class Hypothesis:
     derivation: str = ""
     references: tuple[str, ...] = ()
     expected: str = ""
+    plugins: tuple[dict, ...] = ()
+    """{"path", "sha256"} of every plugin loaded for it: `--plugin` files, then the file's plugins = [...]."""
 
     def arm(self, name: str) -> dict[str, Any]:
         return dict(dict(self.arms)[name])
@@ -272,7 +276,7 @@ def predictor_registry():
 
 
 TOP_KEYS = {"name", "claim", "derivation", "references", "expected", "run", "baseline", "treatment",
-            "arms", "predict"}
+            "arms", "predict", "plugins"}
 RUN_KEYS = {"steps", "seeds", "set", "quick", "counterfactual_every", *RUN_SHORTCUTS}
 QUICK_KEYS = {"steps", "seeds", "set", "counterfactual_every", *RUN_SHORTCUTS}
 COMMON_PRED = {"kind", "metric", "label", "note"}
@@ -293,23 +297,55 @@ KIND_REQUIRED = {
 }
 
 
-def load(path: str | Path) -> Hypothesis:
-    """Read and validate a hypothesis file (raises HypothesisError, never anything else for bad input)."""
+def load(path: str | Path, extra_plugins: tuple = (), plugin_base: Optional[Path] = None) -> Hypothesis:
+    """Read and validate a hypothesis file (raises HypothesisError, never anything else for bad input).
+
+    extra_plugins: plugin files from the command line (--plugin), loaded first. plugin_base: the folder
+    the file's `plugins = [...]` paths are relative to (default: the file's own folder; --from-run
+    gives the original file's, recorded in plan.json).
+    """
     path = Path(path)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise HypothesisError(str(path), "", f"cannot read the file ({type(e).__name__}: {e.strerror or e})") from None
-    return parse(text, str(path))
+    return parse(text, str(path), extra_plugins, plugin_base)
 
 
-def parse(text: str, file: str = "<hypothesis>") -> Hypothesis:
+def _load_plugins(c: _Checker, doc: dict, file: str, extra: tuple, base: Optional[Path]) -> tuple[dict, ...]:
+    """Import --plugin files, then the file's plugins = [...] (paths relative to `base`); their records."""
+    from solidrl.trainer import plugins as plug
+
+    names = doc.get("plugins", [])
+    if not isinstance(names, list):
+        c.fail("plugins", f"expected a list of Python file paths, got {_show(names)}")
+    recs: dict[str, dict] = {}
+    for i, x in enumerate(extra):
+        try:
+            r = plug.load(x)
+        except plug.PluginError as e:
+            c.fail("--plugin", str(e))
+        recs[r["path"]] = r
+    base = base if base is not None else Path(file).resolve().parent
+    for i, x in enumerate(names):
+        c.string(x, f"plugins[{i}]")
+        try:
+            r = plug.load(x, base)
+        except plug.PluginError as e:
+            c.fail(f"plugins[{i}]", str(e))
+        recs[r["path"]] = r
+    return tuple(recs.values())
+
+
+def parse(text: str, file: str = "<hypothesis>", extra_plugins: tuple = (),
+          plugin_base: Optional[Path] = None) -> Hypothesis:
     c = _Checker(file)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise HypothesisError(file, "", f"not valid TOML ({e})") from None
     c.keys(doc, "", TOP_KEYS, required=("name", "claim", "run", "predict"))
+    plugin_recs = _load_plugins(c, doc, file, tuple(extra_plugins), plugin_base)  # before any name is looked up
     name = c.string(doc["name"], "name")
     if not _NAME.match(name):
         c.fail("name", f"{name!r}: use letters, digits, '_', '-', '.' (it names the output folder)")
@@ -339,7 +375,8 @@ def parse(text: str, file: str = "<hypothesis>") -> Hypothesis:
         if labels.index(lab) != i:
             c.fail(f"predict[{i}].label", f"duplicate label {lab!r}; labels name the rows of the report")
     hyp = Hypothesis(name=name, claim=claim, file=file, text=text, arms=arms, plan=plan, quick=quick,
-                     predictions=preds, derivation=derivation, references=refs, expected=expected)
+                     predictions=preds, derivation=derivation, references=refs, expected=expected,
+                     plugins=plugin_recs)
     for p in preds:
         for a in p.arms_used():
             if a not in arm_names:
@@ -407,6 +444,9 @@ def _parse_plan(c: _Checker, run: dict, fld: str, base: Optional[Plan] = None) -
 def _parse_prediction(c: _Checker, p: Any, i: int, arm_names: tuple[str, ...]) -> Prediction:
     fld = f"predict[{i}]"
     c.table(p, fld)
+    # "predictor.<param>" = value: a parameter of the predictor (docs/plugins.md), split off before the key check
+    pparams = {k.split(".", 1)[1]: v for k, v in p.items() if isinstance(k, str) and k.startswith("predictor.")}
+    p = {k: v for k, v in p.items() if not (isinstance(k, str) and k.startswith("predictor."))}
     if "kind" not in p:
         c.fail(f"{fld}.kind", f"missing (required); allowed: {', '.join(KINDS)}")
     kind = c.choice(p["kind"], f"{fld}.kind", KINDS)
@@ -460,6 +500,17 @@ def _parse_prediction(c: _Checker, p: Any, i: int, arm_names: tuple[str, ...]) -
         kw["ratio"] = c.pair(p["ratio"], f"{fld}.ratio")
     label = c.string(p["label"], f"{fld}.label") if "label" in p else fld
     note = c.string(p.get("note", ""), f"{fld}.note", nonempty=False)
+    if pparams:
+        name = kw.get("predictor") or (kw["predicted"].predictor if kw.get("predicted") else None)
+        if name is None:
+            c.fail(f"{fld}.predictor.{next(iter(pparams))}", "predictor parameters need a predictor = '<name>'")
+        from solidrl.theory.registry import ParamError
+
+        try:
+            kw["predictor_params"] = tuple(predictor_registry().bind(name, pparams, f"{fld}.predictor").items())
+        except ParamError as e:
+            where, _, why = str(e).partition(": ")
+            c.fail(where, why)
     return Prediction(index=i, kind=kind, metric=metric, label=label, note=note, **kw)
 
 
@@ -496,15 +547,21 @@ def arm_config(hyp: Hypothesis, arm: str, plan: Plan, seed: int):
     """The TrainConfig of one (arm, seed): defaults <- plan overrides <- arm overrides <- seed, steps."""
     from solidrl.trainer.config import TrainConfig, apply_overrides
 
+    from dataclasses import replace
+
     over = {**dict(plan.overrides), **hyp.arm(arm), "run.seed": seed, "run.steps": plan.steps}
-    return apply_overrides(TrainConfig(), over)
+    cfg = apply_overrides(TrainConfig(), over)
+    return replace(cfg, plugins=tuple((r["path"], r["sha256"]) for r in hyp.plugins))
 
 
 def _arm_field(hyp: Hypothesis, arm: str, plan: Plan, msg: str) -> str:
     """Best guess of which field an error message is about: the override whose key or value it names."""
     fld_arm = arm if arm in ("baseline", "treatment") else f"arms.{arm}"
+    for k, v in sorted(hyp.arm(arm).items(), key=lambda kv: -len(kv[0])):  # algo.advantage.k before algo.advantage
+        if k in msg:
+            return f"{fld_arm}.{k}"
     for k, v in hyp.arm(arm).items():
-        if k in msg or repr(v) in msg:
+        if repr(v) in msg:
             return f"{fld_arm}.{k}"
     for k, v in plan.overrides:
         if k in msg or repr(v) in msg:
@@ -530,6 +587,7 @@ def check_configs(hyp: Hypothesis, plans: Optional[tuple[Plan, ...]] = None) -> 
         ca, cb = (arm_config(hyp, x, hyp.plan, 0).to_dict() for x in (a, b))
         diff = [f"{s}.{k}" for s in SAMPLING_SECTIONS for k in ca[s] if ca[s][k] != cb[s][k]]
         diff += [k for k in SAMPLING_FIELDS if ca[k.split('.')[0]][k.split('.')[1]] != cb[k.split('.')[0]][k.split('.')[1]]]
+        diff += [f"{f}.<parameters>" for f in ("task.name",) if ca["params"].get(f) != cb["params"].get(f)]
         if diff:
             i = next(p.index for p in hyp.predictions if p.kind == "counterfactual" and p.arms == (a, b))
             raise HypothesisError(

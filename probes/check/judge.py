@@ -30,7 +30,7 @@ class RunData:
         self.hyp, self.out, self.record = hyp, out, record
         self.n = int(record["steps"])
         self._rows: dict[Path, list[dict]] = {}
-        self._posthoc: dict[tuple[Path, str], dict[int, dict]] = {}
+        self._posthoc: dict[tuple, dict[int, dict]] = {}
 
     def rows(self, d: Path) -> list[dict]:
         if d not in self._rows:
@@ -46,22 +46,25 @@ class RunData:
     def predicted(self, d: Path, p: Prediction, key: str) -> np.ndarray:
         """The predictor's per-step output: from the rows, else computed from run_dir/stats/."""
         rows = self.rows(d)
-        if any(key in r for r in rows):
+        params = dict(p.predictor_params)  # the recorder ran every predictor at its defaults: set ones are post hoc
+        if not params and any(key in r for r in rows):
             return by_step(rows, key, self.n)
         _, name, out = key.split("/", 2)
         reg = hyp_mod.predictor_registry()
         stats_dir = d / "stats"
         if reg is None or name not in reg or not stats_dir.is_dir():
-            raise LookupError(f"{key} is not in the rows of {d} and there are no stats/ to compute it from")
-        if (d, name) not in self._posthoc:
+            why = f"with parameters {params}" if params else "is not in the rows and"
+            raise LookupError(f"{key} {why} needs the stats/ of {d} to compute it from, and there are none")
+        cache_key = (d, name, tuple(sorted(params.items())))
+        if cache_key not in self._posthoc:
             import torch
 
             fn, vals = reg.get(name), {}
             for f in sorted(stats_dir.glob("step_*.pt")):
                 stats = torch.load(f, map_location="cpu", weights_only=True)
-                vals[int(f.stem.split("_")[1])] = {k: float(v) for k, v in fn(stats).items()}
-            self._posthoc[(d, name)] = vals
-        vals = self._posthoc[(d, name)]
+                vals[int(f.stem.split("_")[1])] = {k: float(v) for k, v in fn(stats, **params).items()}
+            self._posthoc[cache_key] = vals
+        vals = self._posthoc[cache_key]
         outs = sorted({k for v in vals.values() for k in v})
         if vals and out not in outs:
             raise HypothesisError(self.hyp.file, p.output_field, f"predictor {name!r} has no output {out!r}; its outputs: {', '.join(outs)}")

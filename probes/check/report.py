@@ -182,6 +182,7 @@ def markdown(r: dict[str, Any]) -> str:
             if e.get("plot"):
                 lines += ["", f"![{e['label']}]({e['plot']})"]
             lines.append("")
+    lines += _entries_md(r)
     lines += ["## Runs", "", "| arm | seed | status | wall s | directory |", "|---|---|---|---|---|"]
     for run in r["runs"]:
         st = run["status"] + (f" ({_md_escape(run['reason'])})" if run.get("reason") else "")
@@ -194,6 +195,21 @@ def markdown(r: dict[str, Any]) -> str:
                   f"{int(m['confidence'] * 100)}% level, numpy seed {m['rng_seed']} (deterministic). "
                   "confirmed = interval inside the prediction, refuted = outside, inconclusive = straddles.", ""]
     return "\n".join(lines)
+
+
+def _entries_md(r: dict[str, Any]) -> list[str]:
+    """The arms' parametrized or plugin entries and the plugin files (docs/plugins.md)."""
+    rows = [(arm, e) for arm, es in (r.get("entries") or {}).items() for e in es]
+    out = []
+    if rows:
+        out += ["## Entries and parameters", "", "| arm | field | entry | parameters | from |", "|---|---|---|---|---|"]
+        for arm, e in rows:
+            ps = ", ".join(f"{k} = {v!r}" for k, v in e["params"].items()) or "none"
+            out.append(f"| {arm} | `{e['field']}` | {e['name']} | {_md_escape(ps)} | {_md_escape(e['origin'])} |")
+        out.append("")
+    if r.get("plugins"):
+        out += ["## Plugins", ""] + [f"- `{p['path']}` sha256 `{p['sha256']}`" for p in r["plugins"]] + [""]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -175,7 +175,9 @@ def run_all(hyp: Hypothesis, plan: Plan, out: Path, progress: bool = True, mode:
     jobs = [(a, s) for a in arms for s in plan.seeds]
     record = {"hypothesis": hyp.name, "file": hyp.file, "mode": mode, "steps": plan.steps,
               "seeds": list(plan.seeds), "overrides": {k: v for k, v in plan.overrides},
-              "counterfactual_every": plan.counterfactual_every, "runs": []}
+              "counterfactual_every": plan.counterfactual_every, "runs": [],
+              # re-judging (--from-run) reloads these after checking their hashes (trainer/plugins.py)
+              "plugins": list(hyp.plugins), "plugin_base": str(Path(hyp.file).resolve().parent)}
     for i, (arm, seed) in enumerate(jobs):
         run_dir = out / "runs" / arm / f"seed{seed}"
         if progress:
@@ -203,6 +205,13 @@ def check_runs_match(hyp: Hypothesis, record: dict, out: Path) -> None:
             continue
         want = hyp_mod.arm_config(hyp, r["arm"], plan, r["seed"]).to_dict()
         have = json.loads(cfg_file.read_text())
+        for key in ("params", "plugins"):  # not sections: compared whole
+            w, h = want.pop(key), have.get(key, {} if key == "params" else [])
+            if key == "plugins":  # every plugin of the run, unchanged; more (say a new predictor) may be added
+                w, h = sorted((x["path"], x["sha256"]) for x in w if x in h), sorted((x["path"], x["sha256"]) for x in h)
+            if w != h:
+                raise HypothesisError(hyp.file, f"{r['arm']}.{key}", f"--from-run: {cfg_file} has {key} {h!r}, "
+                                      f"the hypothesis gives {w!r}; rerun without --from-run")
         for sec, fields in want.items():
             for k, v in fields.items():
                 hv = have.get(sec, {}).get(k)

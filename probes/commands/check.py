@@ -53,6 +53,7 @@ from solidrl.probes.check.judge import judge_all
 from solidrl.probes.check.run import PROG, check_runs_match, load_record, run_all
 from solidrl.probes.errors import InputError
 from solidrl.probes.integrations import trackers
+from solidrl.trainer import plugins
 
 def _seeds(items: list[str]) -> tuple[int, ...]:
     out = []
@@ -64,6 +65,36 @@ def _seeds(items: list[str]) -> tuple[int, ...]:
                 except ValueError:
                     raise HypothesisError("--seeds", "", f"expected integers, got {part!r}") from None
     return tuple(out)
+
+
+def arm_entries(hyp, record: dict) -> dict[str, list[dict]]:
+    """arm -> the registry entries its config selects that have parameters or come from a plugin:
+    [{"field", "name", "origin", "params" (declared defaults <- set values)}] (shown in report.md)."""
+    from solidrl.theory.registry import BUILTIN, registries
+    from solidrl.trainer.config import ConfigError
+
+    plan = hyp_mod.Plan(steps=record["steps"], seeds=tuple(record["seeds"]) or (0,),
+                        overrides=tuple(record.get("overrides", {}).items()))
+    out: dict[str, list[dict]] = {}
+    for arm in hyp.arm_names:
+        try:
+            cfg = hyp_mod.arm_config(hyp, arm, plan, plan.seeds[0])
+        except ConfigError:
+            continue
+        rows = []
+        for reg in registries():
+            if reg.field is None:
+                continue
+            sec, fld = reg.field.split(".", 1)
+            name = getattr(getattr(cfg, sec), fld)
+            if name not in reg:
+                continue
+            origin = reg.origin(name)
+            if reg.params(name) or origin != BUILTIN:
+                rows.append({"field": reg.field, "name": name, "origin": origin,
+                             "params": cfg.entry_params(reg.field)})
+        out[arm] = rows
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="judge logs of runs made elsewhere (TRL trainer_state.json, verl JSONL): probes/integrations/logs.py")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads per run (default 1; 0 = torch's default) unless the file sets run.threads")
+    ap.add_argument("--plugin", action="append", metavar="FILE", default=[],
+                    help="a Python file registering estimators, tasks, predictors... (repeatable; docs/plugins.md)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     ap.add_argument("--json", action="store_true",
@@ -113,8 +146,14 @@ def _run(args, report_to: tuple[str, ...]) -> tuple[int, Path]:
     if args.from_run:
         src = Path(args.from_run)
         record = load_record(src)
+        try:  # the plugins the runs were made with, unchanged, before any name in the file is looked up
+            plugins.verify(record.get("plugins", []), str(src / "plan.json"))
+        except plugins.PluginError as e:
+            raise HypothesisError(str(src), "--from-run", str(e)) from None
         hfile = Path(args.hypothesis) if args.hypothesis else src / "hypothesis.toml"
-        hyp = hyp_mod.load(hfile)
+        base = Path(record["plugin_base"]) if not args.hypothesis and record.get("plugin_base") else None
+        recorded = tuple(r["path"] for r in record.get("plugins", []))  # loaded above: no-ops, kept in hyp.plugins
+        hyp = hyp_mod.load(hfile, recorded + tuple(args.plugin), plugin_base=base)
         if args.seeds or args.steps or args.quick:
             raise HypothesisError(str(hfile), "--from-run", "takes the runs as they are; "
                                   "--seeds, --steps and --quick apply to new runs only")
@@ -123,7 +162,7 @@ def _run(args, report_to: tuple[str, ...]) -> tuple[int, Path]:
     else:
         if not args.hypothesis:
             raise HypothesisError("<command line>", "", "give a hypothesis file, or --from-run DIR")
-        hyp = hyp_mod.load(args.hypothesis)
+        hyp = hyp_mod.load(args.hypothesis, tuple(args.plugin))
         plan = hyp_mod.resolve_plan(hyp, quick=args.quick, steps=args.steps,
                                     seeds=_seeds(args.seeds) if args.seeds else None, threads=args.threads)
         out = Path(args.out) if args.out else Path("runs") / "probe-check" / (hyp.name + ("-quick" if args.quick else ""))
@@ -135,6 +174,7 @@ def _run(args, report_to: tuple[str, ...]) -> tuple[int, Path]:
     t0 = time.perf_counter()
     result = judge_all(hyp, src, record)
     result["wall_s"] = record.get("wall_s")
+    result["entries"], result["plugins"] = arm_entries(hyp, record), list(hyp.plugins)
     out.mkdir(parents=True, exist_ok=True)
     clean = report.write(result, out, plots=not args.no_plots)
     if not args.quiet:

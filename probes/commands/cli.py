@@ -15,7 +15,7 @@ from solidrl.probes.probeset import attach_probes
 from solidrl.trainer.config import ConfigError
 
 from . import audit, ladder, leadtime, plot, transfer
-from .common import add_common, add_report_to, build_config, user_errors
+from .common import add_common, add_plugin_flag, add_report_to, build_config, user_errors
 
 
 @user_errors("solidrl train")
@@ -111,7 +111,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="solidrl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name, (setup, help_) in COMMANDS.items():
-        setup(sub.add_parser(name, help=help_, description=help_))
+        sp = sub.add_parser(name, help=help_, description=help_)
+        setup(sp)
+        add_plugin_flag(sp)  # every command: --plugin FILE (docs/plugins.md)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -7,6 +7,7 @@ traceback; nothing already written is removed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Callable
@@ -17,7 +18,7 @@ from solidrl.trainer.config import ConfigError, TrainConfig, apply_overrides, pa
 from solidrl.trainer.loop import TrainingError
 from solidrl.trainer.model import ModelLoadError
 
-__all__ = ["user_errors", "build_config", "add_common", "add_report_to"]
+__all__ = ["user_errors", "build_config", "add_common", "add_report_to", "add_plugin_flag", "load_plugin_args"]
 
 
 def user_errors(prog: str) -> Callable:
@@ -26,6 +27,8 @@ def user_errors(prog: str) -> Callable:
     def deco(fn):
         def wrapped(*a, **kw):
             try:
+                if a and isinstance(a[0], argparse.Namespace):
+                    load_plugin_args(a[0])
                 return fn(*a, **kw)
             except (ConfigError, UnknownNameError, ModelLoadError, FileNotFoundError, InputError) as e:
                 print(f"{prog}: error: {e}", file=sys.stderr)
@@ -61,10 +64,44 @@ def build_config(args) -> TrainConfig:
             over[key] = v
     over.update(parse_set_args(getattr(args, "set", None) or []))
     cfg = apply_overrides(TrainConfig(), over)
+    from solidrl.trainer import plugins
+
+    cfg = dataclasses.replace(cfg, plugins=tuple((r["path"], r["sha256"]) for r in plugins.loaded()))
     changed = {k: v for k, v in over.items()}
     if changed and not getattr(args, "quiet", False):
         print("overrides: " + ", ".join(f"{k}={v}" for k, v in changed.items()), file=sys.stderr)
     return cfg
+
+
+def add_plugin_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", metavar="FILE", default=None,
+                   help="a Python file registering advantages, losses, tasks, predictors... (repeatable; docs/plugins.md)")
+
+
+def load_plugin_args(args) -> None:
+    """Import the --plugin files, then the plugins recorded in the config.json of the runs args names.
+
+    A run directory (args.run_dir / args.run_dirs, or args.out with --resume) whose config.json records
+    plugins gets them back without naming them again, after checking each file's sha256 (PluginError:
+    one line, exit 2, when one changed or is missing).
+    """
+    import json
+
+    from solidrl.trainer import plugins
+
+    plugins.load_all(getattr(args, "plugin", None) or [])
+    dirs = [getattr(args, "run_dir", None), *(getattr(args, "run_dirs", None) or [])]
+    if getattr(args, "resume", False):
+        dirs.append(getattr(args, "out", None))
+    for d in dirs:
+        cfg_file = Path(d) / "config.json" if d else None
+        if cfg_file is None or not cfg_file.is_file():
+            continue
+        try:
+            recs = json.loads(cfg_file.read_text()).get("plugins") or []
+        except (json.JSONDecodeError, AttributeError):
+            continue  # the command that reads it says what is wrong with it
+        plugins.verify(recs, str(cfg_file))
 
 
 def add_common(p: argparse.ArgumentParser) -> None:

@@ -193,7 +193,13 @@ def _run_one(job: dict[str, Any]) -> dict[str, Any]:
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
     d = Path(job["dir"])
+    import dataclasses
+
+    from solidrl.trainer import plugins  # a spawned worker imports the --plugin files again (docs/plugins.md)
+
+    recs = plugins.load_all(job.get("plugins", ()))
     cfg = apply_overrides(TrainConfig(), job["overrides"])
+    cfg = dataclasses.replace(cfg, plugins=tuple((r["path"], r["sha256"]) for r in recs))
     rec = {k: job[k] for k in ("rung", "fix", "seed", "dir")}
     status_p = d / "status.json"
     if status_p.exists() and (d / "config.json").exists():
@@ -428,7 +434,9 @@ def run_ladder(plan: LadderPlan, out: str | Path, jobs: int = 1, progress: bool 
             print(f"[{len(records)}/{len(todo)}] {rec['rung']} / {rec['fix']} / seed {rec['seed']}: "
                   f"{st.get('status')}{extra} ({took})", file=sys.stderr, flush=True)
 
-    jobs_in = [{**j, "dir": j["dir_abs"]} for j in todo]
+    from solidrl.trainer import plugins
+
+    jobs_in = [{**j, "dir": j["dir_abs"], "plugins": [r["path"] for r in plugins.loaded()]} for j in todo]
     if jobs > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
