@@ -125,6 +125,7 @@ def test_unknown_names_in_the_new_fields_list_the_known_ones(tmp_path):
 
 def test_a_registered_token_weight_reaches_the_loss(tmp_path, monkeypatch):
     """A weight of 2 on every token doubles the PG loss and its gradient (powers of two are exact)."""
+    monkeypatch.setitem(SH.TOKEN_WEIGHTINGS._params, "double", {})  # an entry without parameters
     monkeypatch.setitem(SH.TOKEN_WEIGHTINGS._items, "double",
                         lambda b: SH.TokenWeights(token=torch.full_like(b.mask, 2.0)))
     base = read_rows(train(cfg_of(**{"run.steps": 1, "probes.enabled": False}), tmp_path / "a", progress=False).out)
@@ -136,6 +137,7 @@ def test_a_registered_token_weight_reaches_the_loss(tmp_path, monkeypatch):
 
 
 def test_a_listed_reward_transform_shapes_the_rewards_the_advantages_see(tmp_path, monkeypatch):
+    monkeypatch.setitem(SH.REWARD_TRANSFORMS._params, "pass_at_2", {})  # an entry without parameters
     monkeypatch.setitem(SH.REWARD_TRANSFORMS._items, "pass_at_2", lambda r, b: SH.pass_at_k(r, b, k=2))
     seen = []
 

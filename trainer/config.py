@@ -277,7 +277,7 @@ def selector_registry(field_: str):
     """
     from solidrl.theory.registry import by_field
 
-    from . import algos, controllers, shaping, tasks  # noqa: F401 - registers the built-in entries
+    from . import algos, tasks  # noqa: F401 - registers the built-in entries
 
     return by_field(field_)
 

@@ -138,7 +138,9 @@ def make_controller(cfg: TrainConfig) -> Optional[Controller]:
     cls = CONTROLLERS.get(name)
     declared = inspect.signature(cls.__init__).parameters
     kw = {p: getattr(cfg.algo, f"controller_{p}") for p in FROM_CONFIG if p in declared}
-    kw.update(entry_params(cfg, "algo.controller", name))
+    # values set as algo.controller.<param> win over the algo.controller_* fields; declared defaults do not
+    set_here = dict(dict(cfg.params).get("algo.controller", ()))
+    kw.update({k: v for k, v in entry_params(cfg, "algo.controller", name).items() if k in set_here})
     return cls(cfg, **kw)
 
 

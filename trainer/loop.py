@@ -36,6 +36,10 @@ status.json. Rows and checkpoints written before stay as they are (no checkpoint
 
 Left out on purpose: value functions/GAE (group baselines only), learning-rate schedules (a
 constant lr keeps one-step predictions comparable along a run), sequence packing.
+
+Size: one Trainer class (~530 lines): the step's four phases, the run loop and its checkpoints read
+top to bottom in one file; the pieces that are not the loop live beside it (context.py, shaping.py,
+controllers.py, collapse.py).
 """
 from __future__ import annotations
 
