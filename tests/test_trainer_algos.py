@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from solidrl.theory.registry import UnknownNameError
+from solidrl.trainer.config import ConfigError
 from solidrl.trainer.algos import (
     ADVANTAGES,
     AGGREGATIONS,
@@ -59,11 +60,13 @@ def batches(draw, lo=-5.0, hi=5.0, max_b=4, max_t=6):
 
 
 def test_registries_hold_exactly_the_contracted_names():
-    assert ADVANTAGES.names() == ["grpo", "rloo", "dr_grpo", "reinforce", "raw"]
-    assert POLICY_LOSSES.names() == ["vanilla", "ppo_clip", "dual_clip", "seq_ratio"]
+    assert ADVANTAGES.names() == ["grpo", "rloo", "dr_grpo", "reinforce", "raw", "grpo_passk", "pass_at_k",
+                                  "reinforce_pp", "reinforce_pp_baseline", "gpg"]
+    assert POLICY_LOSSES.names() == ["vanilla", "ppo_clip", "dual_clip", "seq_ratio", "cispo", "sapo", "gmpo",
+                                     "dppo_tv", "dppo_kl", "dro", "clip_cov", "kl_cov", "vespo", "ppo_clip_opsm"]
     assert AGGREGATIONS.names() == ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
     assert KL_ESTIMATORS.names() == ["k1", "k2", "k3", "exact"]
-    assert CORRECTIONS.names() == ["none", "tis", "icepop", "masked_seq_is"]
+    assert CORRECTIONS.names() == ["none", "tis", "tis_two_sided", "icepop", "masked_seq_is", "geo_rs", "seq_tis"]
     for reg in (ADVANTAGES, POLICY_LOSSES, AGGREGATIONS, KL_ESTIMATORS, CORRECTIONS):
         for name in reg:
             assert len(reg.get(name).__doc__ or "") > 40, f"{reg.kind} {name!r} needs a docstring with its formula"
@@ -132,7 +135,7 @@ def test_rloo_worked_example_and_group_of_one_raises():
     # r = [1,2,3,6], sum 12: A_i = r_i - (12 - r_i)/3
     #   1 - 11/3 = -8/3 ;  2 - 10/3 = -4/3 ;  3 - 9/3 = 0 ;  6 - 6/3 = 4        (sum: -8/3 - 4/3 + 4 = 0)
     close(ADVANTAGES.get("rloo")(t([[1.0, 2.0, 3.0, 6.0]])), [[-8 / 3, -4 / 3, 0.0, 4.0]])
-    with pytest.raises(ValueError, match="rloo needs at least 2 samples per prompt.*G=1"):
+    with pytest.raises(ConfigError, match="'rloo' needs at least 2 samples per prompt.*group size 1"):
         ADVANTAGES.get("rloo")(t([[1.0], [0.0]]))
 
 
@@ -340,8 +343,15 @@ def test_aggregations_ignore_garbage_at_masked_positions_and_empty_masks_give_ze
             assert torch.isfinite(token_weights(name, mask, 4.0)).all()
         close(AGGREGATIONS.get(name)(L, torch.zeros_like(M), 4.0), 0.0)
         close(token_weights(name, torch.zeros_like(M), 4.0), torch.zeros_like(M))
-    # the empty row still counts in B = 2: seq-mean-token-mean = ((1+2)/2 + 0)/2 = 0.75
+    # empty_rows="count" (default, TRL): the empty row counts in B = 2: ((1+2)/2 + 0)/2 = 0.75;
+    # "skip" (verl): B' = 1 non-empty row: (1+2)/2 = 1.5
     close(AGGREGATIONS.get("seq-mean-token-mean")(L, empty_row, 0.0), 0.75)
+    close(AGGREGATIONS.get("seq-mean-token-mean")(L, empty_row, 0.0, empty_rows="skip"), 1.5)
+    # seq-mean-token-sum: count -> (1+2)/2 = 1.5, skip -> 3; sum-norm (c = 4): count 3/(2*4), skip 3/4
+    close(AGGREGATIONS.get("seq-mean-token-sum")(L, empty_row, 0.0), 1.5)
+    close(AGGREGATIONS.get("seq-mean-token-sum")(L, empty_row, 0.0, empty_rows="skip"), 3.0)
+    close(AGGREGATIONS.get("seq-mean-token-sum-norm")(L, empty_row, 4.0), 3 / 8)
+    close(AGGREGATIONS.get("seq-mean-token-sum-norm")(L, empty_row, 4.0, empty_rows="skip"), 3 / 4)
 
 
 @hyp
