@@ -828,3 +828,69 @@ def test_geo_rs_and_the_verl_k1_convention_mirror_the_bounds():
     close(CORRECTIONS.get("geo_rs")(lr, m, p, convention="verl_k1"), [[0.0, 0.0], [1.0, 1.0]])
     close(CORRECTIONS.get("masked_seq_is")(lr, m, p, convention="verl_k1"), [[0.0, 0.0], [0.7, 0.7]])
     assert touched("geo_rs", lr, m, p).tolist() == [[False, False], [True, True]]  # kept weight 1 is untouched
+
+
+# ---------------------------------------------------------------------------------------------
+# Clip-Cov's entropy effect (theory.cov_clip) against the real loss
+# ---------------------------------------------------------------------------------------------
+
+
+def test_clip_cov_derivation_verifies_and_matches_its_lambdified_result():
+    from solidrl.theory.cov_clip import clip_cov_entropy, derive_clip_cov
+    d = derive_clip_cov(4)
+    assert all(d.verify().values())
+    rng = np.random.default_rng(0)
+    l, c = -rng.random(4) * 3, rng.normal(size=4)
+    cut = np.array([1.0, 0.0, 1.0, 0.0])
+    f = d.lambdify("entropy/delta", [*(d.symbols[f"logp_{i}"] for i in range(1, 5)), *(d.symbols[f"coef_{i}"] for i in range(1, 5)),
+                                     *(d.symbols[f"cut_{i}"] for i in range(1, 5)), __import__("solidrl.theory.derivation", fromlist=["STAT"]).STAT["lr"]])
+    x = c * (1 - cut)
+    close(f(*l, *c, *cut, 0.1), -0.1 * np.mean((l - l.mean()) * (x - x.mean())))
+    # the predictor with every candidate cut is the same expression on its own candidate set
+    adv = t(rng.normal(size=4) * 4)
+    out = clip_cov_entropy({"logp": t(l), "adv": adv, "coef": t(c), "lr": t(0.1)}, ratio=1.0, lb=0.0, ub=1e9)
+    cov = (adv.numpy() - adv.numpy().mean()) * (l - l.mean())
+    x = c * (1 - ((cov > 0) & (cov < 1e9)))
+    close(out["entropy/delta"], -0.1 * np.mean((l - l.mean()) * (x - x.mean())))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_clip_cov_predicted_entropy_change_equals_the_cov_estimate_of_the_real_clip_cov_step(seed):
+    # Predict from a ppo_clip step's coefficients which tokens Clip-Cov cuts and the dH that results; hold it
+    # against the Cov estimate of the coefficients autograd gives for the real clip_cov loss (on-policy step).
+    from solidrl.theory.cov_clip import clip_cov_entropy, expected_cut
+    g = torch.Generator().manual_seed(seed)
+    B, T = 8, 12
+    logp = -torch.rand(B, T, generator=g, dtype=F64) * 4
+    adv = (2 * torch.randn(B, 1, generator=g, dtype=F64)).expand(B, T)
+    mask = (torch.rand(B, T, generator=g) < 0.85).double()
+    kw = dict(ratio=0.5, lb=0.5, ub=5.0)  # n = floor(0.5 N) >= the candidates: every candidate is cut
+
+    def coef(name, **k):
+        lp = logp.clone().requires_grad_()
+        loss = AGGREGATIONS.get("token-mean")(POLICY_LOSSES.get(name)(lp, logp, adv, mask, P, **k), mask, 1.0)
+        return -torch.autograd.grad(loss, lp)[0][mask > 0]
+
+    on = mask > 0
+    stats = {"logp": logp[on], "adv": adv[on], "coef": coef("ppo_clip"), "lr": t(0.05)}
+    q = expected_cut(stats["logp"], stats["adv"], **kw)
+    assert 0 < int(q.sum()) and set(q.unique().tolist()) <= {0.0, 1.0}  # some tokens cut, deterministically
+    c_real = coef("clip_cov", **kw)
+    assert torch.equal(c_real == 0, q == 1)  # the predicted set is the set the loss cut
+    l = stats["logp"]
+    observed = float((-0.05 * (l - l.mean()) * (c_real - c_real.mean())).mean())
+    pred = clip_cov_entropy(stats, **kw)["entropy/delta"]
+    close(pred, observed, atol=1e-15, rtol=1e-12)
+    full = float((-0.05 * (l - l.mean()) * (stats["coef"] - stats["coef"].mean())).mean())
+    assert pred > full  # the cut tokens carried entropy decrease: cutting them gives it back
+
+
+def test_kl_cov_penalty_has_no_gradient_on_the_first_on_policy_update():
+    # |log r| at r = 1 has (sub)gradient 0, so KL-Cov's first update is the unclipped IS loss's: same dH
+    g = torch.Generator().manual_seed(0)
+    logp = -torch.rand(3, 5, generator=g, dtype=F64)
+    adv = torch.randn(3, 5, generator=g, dtype=F64)
+    mask = torch.ones_like(logp)
+    lp = logp.clone().requires_grad_()
+    (gk,) = torch.autograd.grad(POLICY_LOSSES.get("kl_cov")(lp, logp, adv, mask, P, ratio=0.5, kl_coef=10.0).sum(), lp)
+    close(gk, -adv)
