@@ -23,6 +23,9 @@ Nothing is clamped silently: verl clamps k3 to [-10, 10] and log-ratios to [-20,
 The clipping and truncation below are the declared formulas, and `touched` exposes what a
 correction changed so a probe can count it.
 
+Size: ~1000 lines because it holds every peer's entry (docs/peers.md) beside its siblings; each entry is
+a small pure function and the five registries stay in one place, as verl's core_algos keeps them.
+
 References: volcengine/verl `verl/trainer/ppo/core_algos.py` (registries, `agg_loss`) and
 `verl/trainer/ppo/rollout_corr_helper.py` (rollout corrections); each function cites its paper.
 """
