@@ -894,3 +894,29 @@ def test_kl_cov_penalty_has_no_gradient_on_the_first_on_policy_update():
     lp = logp.clone().requires_grad_()
     (gk,) = torch.autograd.grad(POLICY_LOSSES.get("kl_cov")(lp, logp, adv, mask, P, ratio=0.5, kl_coef=10.0).sum(), lp)
     close(gk, -adv)
+
+
+def test_the_trainer_refuses_a_group_estimator_with_group_size_1_before_anything_runs():
+    from solidrl.trainer.config import TrainConfig, apply_overrides
+    from solidrl.trainer.loop import check_names
+    for adv in sorted(GROUP_ESTIMATORS):
+        cfg = apply_overrides(TrainConfig(), {"rollout.group_size": "1", "algo.advantage": adv})
+        with pytest.raises(ConfigError, match="set rollout.group_size >= 2"):
+            check_names(cfg)
+    check_names(apply_overrides(TrainConfig(), {"rollout.group_size": "1", "algo.advantage": "reinforce"}))
+
+
+def test_entry_parameters_follow_the_convention():
+    # keyword-only, annotated int / float / bool / str, with a default of that type (the plugins plumbing reads them)
+    import inspect
+    import typing
+    for reg in (ADVANTAGES, POLICY_LOSSES, AGGREGATIONS, KL_ESTIMATORS, CORRECTIONS):
+        for name in reg:
+            fn = reg.get(name)
+            hints = typing.get_type_hints(inspect.unwrap(fn))
+            for prm in inspect.signature(fn).parameters.values():
+                if prm.kind is not prm.KEYWORD_ONLY:
+                    continue
+                tp = hints[prm.name]
+                assert tp in (int, float, bool, str), (reg.kind, name, prm.name, tp)
+                assert prm.default is not prm.empty and type(prm.default) is tp, (reg.kind, name, prm.name)
