@@ -455,7 +455,8 @@ def dppo_tv(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, p: Policy
 
     loss_t = -A_t sg(min(r_t, C)) log pi_t * v_t, v_t = [pi_t - pi_old,t <= eps_high] if A_t > 0 else
     [pi_t - pi_old,t >= -eps_low] (eps_* are probability thresholds here, as verl reuses clip_ratio);
-    C = trunc_c (verl clip_ratio_c, default 20 for DPPO). d loss/d logp_t = -A_t min(r_t, C) v_t.
+    C = trunc_c (verl reads actor.clip_ratio_c, whose config default is 3, though its code falls back to 20;
+    20 here). d loss/d logp_t = -A_t min(r_t, C) v_t.
     Source: arXiv 2602.04879 (DPPO, binary TV divergence), via verl compute_policy_loss_dppo_tv.
     """
     d = torch.exp(logp) - torch.exp(old_logp)
