@@ -198,8 +198,10 @@ def predicted_grads(trainer: Trainer, ctx: StepContext) -> dict[str, Tensor]:
     a, idx = ctx.cfg.algo, ctx.index
     z, ids, mask = ctx.logits, ctx.rollout.response_ids[idx], ctx.mask[idx]
     C = float(trainer.budget)
-    out = {"pg": pred_pg(z, ids, ctx.old_logp[idx], ctx.advantages[idx][:, None].expand_as(mask), mask,
-                         ctx.weights[idx], a.loss_agg, C, a.policy_loss, a.eps_low, a.eps_high, a.dual_clip_c)}
+    out = {}
+    if a.policy_loss in ("vanilla", "ppo_clip", "dual_clip", "seq_ratio"):  # the peer losses have no closed form here: absent
+        out["pg"] = pred_pg(z, ids, ctx.old_logp[idx], ctx.advantages[idx][:, None].expand_as(mask), mask,
+                            ctx.weights[idx], a.loss_agg, C, a.policy_loss, a.eps_low, a.eps_high, a.dual_clip_c)
     if a.kl_coef > 0 and a.kl_placement == "loss":
         out["kl"] = pred_kl(z, ids, ctx.ref_logits[idx], mask, a.loss_agg, C, a.kl_estimator, a.kl_coef)
     if a.entropy_coef > 0:

@@ -167,13 +167,23 @@ def token_mean(x: Tensor, mask: Tensor) -> Tensor:
     return x[m].to(F64).mean()
 
 
-def seq_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean over rows with >= 1 masked token of each row's token mean (seq-mean-token-mean). x, mask [B,T]."""
+def seq_mean(x: Tensor, mask: Tensor, *, empty_rows: str = "count") -> Tensor:
+    """Mean over rows of each row's token mean (seq-mean-token-mean). x, mask [B,T]; float64 scalar.
+
+    empty_rows "count" (default): every row counts in B and an empty row contributes 0, exactly as the
+    trainer's seq-mean-token-mean aggregation (trainer.algos, TRL) does, so this metric equals the
+    aggregate of x; "skip": only rows with >= 1 masked token count (verl's agg_loss). No row counted: NaN.
+    """
+    if empty_rows not in ("count", "skip"):
+        raise ValueError(f"empty_rows must be 'count' or 'skip', got {empty_rows!r}")
     m = (mask > 0).to(F64)
     n = m.sum(-1)
     rows = n > 0
     xs = torch.where(mask > 0, x.to(F64), torch.zeros((), dtype=F64, device=x.device))
-    return (xs.sum(-1)[rows] / n[rows]).mean()
+    per_row = torch.where(rows, xs.sum(-1) / torch.where(rows, n, torch.ones_like(n)), torch.zeros_like(n))
+    if empty_rows == "skip":
+        return per_row[rows].mean()
+    return per_row.mean() if rows.any() else torch.tensor(math.nan, dtype=F64, device=x.device)
 
 
 def ratio_stats(log_ratio: Tensor, adv: Tensor, eps_low: float, eps_high: float,

@@ -14,5 +14,6 @@ if ! .venv/bin/pip install -q -e ".[dev,trl,tensorboard,wandb]" > .venv/pip-inst
   echo "scripts/install.sh: pip install -e '.[dev,trl,tensorboard,wandb]' failed (full log: .venv/pip-install.log)" >&2
   exit 1
 fi
+.venv/bin/pip install -q -e ".[peers]" >> .venv/pip-install.log 2>&1 && .venv/bin/pip install -q --no-deps verl==0.9.1 >> .venv/pip-install.log 2>&1 || { echo "scripts/install.sh: the [peers] extra or verl==0.9.1 failed (log: .venv/pip-install.log)" >&2; exit 1; }
 .venv/bin/python -c "import solidrl.trainer, solidrl.probes, solidrl.theory, trl, hypothesis, nbclient, tensorboard, wandb"
 echo "solidrl installed in .venv"

@@ -191,9 +191,24 @@ def test_k2_k3_nonnegative_for_any_log_probs(lp, lq):
 
 def test_token_mean_and_seq_mean_worked_example():
     x = t([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0], [7.0, 7.0, 7.0]])
-    m = t([[1, 1, 0], [1, 0, 0], [0, 0, 0]])         # third row empty: not a sequence of the mean
+    m = t([[1, 1, 0], [1, 0, 0], [0, 0, 0]])         # third row empty
     assert M.token_mean(x, m).item() == pytest.approx(7 / 3)       # (1 + 2 + 4) / 3
-    assert M.seq_mean(x, m).item() == pytest.approx(2.75)          # ((1 + 2) / 2 + 4) / 2
+    assert M.seq_mean(x, m).item() == pytest.approx(5.5 / 3)      # ((1 + 2) / 2 + 4 + 0) / 3: the empty row counts
+    assert M.seq_mean(x, m, empty_rows="skip").item() == pytest.approx(2.75)  # ((1 + 2) / 2 + 4) / 2 (verl)
+    assert math.isnan(M.seq_mean(x, torch.zeros_like(m)).item())   # no row with a token: not computable
+
+
+def test_seq_mean_equals_the_trainer_aggregation_on_empty_rows():
+    # the metric and the loss agree (issue 19): seq_mean(x) == AGGREGATIONS["seq-mean-token-mean"](x) for both semantics
+    from solidrl.trainer.algos import AGGREGATIONS
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    m = (torch.rand(6, 5, generator=g) < 0.5).double()
+    m[1] = 0.0
+    m[4] = 0.0
+    agg = AGGREGATIONS.get("seq-mean-token-mean")
+    for rows in ("count", "skip"):
+        assert M.seq_mean(x, m, empty_rows=rows).item() == pytest.approx(agg(x, m, 0.0, empty_rows=rows).item(), rel=1e-12)
 
 
 # -- ratio, mismatch, covariance ------------------------------------------------------------------

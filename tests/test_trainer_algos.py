@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from solidrl.theory.registry import UnknownNameError
+from solidrl.trainer.config import ConfigError
 from solidrl.trainer.algos import (
     ADVANTAGES,
     AGGREGATIONS,
@@ -59,11 +60,13 @@ def batches(draw, lo=-5.0, hi=5.0, max_b=4, max_t=6):
 
 
 def test_registries_hold_exactly_the_contracted_names():
-    assert ADVANTAGES.names() == ["grpo", "rloo", "dr_grpo", "reinforce", "raw"]
-    assert POLICY_LOSSES.names() == ["vanilla", "ppo_clip", "dual_clip", "seq_ratio"]
+    assert ADVANTAGES.names() == ["grpo", "rloo", "dr_grpo", "reinforce", "raw", "grpo_passk", "pass_at_k",
+                                  "reinforce_pp", "reinforce_pp_baseline", "gpg"]
+    assert POLICY_LOSSES.names() == ["vanilla", "ppo_clip", "dual_clip", "seq_ratio", "cispo", "sapo", "gmpo",
+                                     "dppo_tv", "dppo_kl", "dro", "clip_cov", "kl_cov", "vespo", "ppo_clip_opsm"]
     assert AGGREGATIONS.names() == ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
     assert KL_ESTIMATORS.names() == ["k1", "k2", "k3", "exact"]
-    assert CORRECTIONS.names() == ["none", "tis", "icepop", "masked_seq_is"]
+    assert CORRECTIONS.names() == ["none", "tis", "tis_two_sided", "icepop", "masked_seq_is", "geo_rs", "seq_tis"]
     for reg in (ADVANTAGES, POLICY_LOSSES, AGGREGATIONS, KL_ESTIMATORS, CORRECTIONS):
         for name in reg:
             assert len(reg.get(name).__doc__ or "") > 40, f"{reg.kind} {name!r} needs a docstring with its formula"
@@ -132,7 +135,7 @@ def test_rloo_worked_example_and_group_of_one_raises():
     # r = [1,2,3,6], sum 12: A_i = r_i - (12 - r_i)/3
     #   1 - 11/3 = -8/3 ;  2 - 10/3 = -4/3 ;  3 - 9/3 = 0 ;  6 - 6/3 = 4        (sum: -8/3 - 4/3 + 4 = 0)
     close(ADVANTAGES.get("rloo")(t([[1.0, 2.0, 3.0, 6.0]])), [[-8 / 3, -4 / 3, 0.0, 4.0]])
-    with pytest.raises(ValueError, match="rloo needs at least 2 samples per prompt.*G=1"):
+    with pytest.raises(ConfigError, match="'rloo' needs at least 2 samples per prompt.*group size 1"):
         ADVANTAGES.get("rloo")(t([[1.0], [0.0]]))
 
 
@@ -291,7 +294,8 @@ def test_ratio_losses_have_the_vanilla_gradient_on_policy(data, adv, eps_low, ep
 
     vanilla = grad("vanilla")
     close(vanilla, -adv)
-    for name in ("ppo_clip", "dual_clip", "seq_ratio"):
+    for name in ("ppo_clip", "dual_clip", "seq_ratio", "cispo", "sapo", "dppo_tv", "dppo_kl", "dro", "kl_cov",
+                 "vespo", "ppo_clip_opsm"):
         close(grad(name), vanilla, atol=1e-12, rtol=0)
 
 
@@ -340,8 +344,15 @@ def test_aggregations_ignore_garbage_at_masked_positions_and_empty_masks_give_ze
             assert torch.isfinite(token_weights(name, mask, 4.0)).all()
         close(AGGREGATIONS.get(name)(L, torch.zeros_like(M), 4.0), 0.0)
         close(token_weights(name, torch.zeros_like(M), 4.0), torch.zeros_like(M))
-    # the empty row still counts in B = 2: seq-mean-token-mean = ((1+2)/2 + 0)/2 = 0.75
+    # empty_rows="count" (default, TRL): the empty row counts in B = 2: ((1+2)/2 + 0)/2 = 0.75;
+    # "skip" (verl): B' = 1 non-empty row: (1+2)/2 = 1.5
     close(AGGREGATIONS.get("seq-mean-token-mean")(L, empty_row, 0.0), 0.75)
+    close(AGGREGATIONS.get("seq-mean-token-mean")(L, empty_row, 0.0, empty_rows="skip"), 1.5)
+    # seq-mean-token-sum: count -> (1+2)/2 = 1.5, skip -> 3; sum-norm (c = 4): count 3/(2*4), skip 3/4
+    close(AGGREGATIONS.get("seq-mean-token-sum")(L, empty_row, 0.0), 1.5)
+    close(AGGREGATIONS.get("seq-mean-token-sum")(L, empty_row, 0.0, empty_rows="skip"), 3.0)
+    close(AGGREGATIONS.get("seq-mean-token-sum-norm")(L, empty_row, 4.0), 3 / 8)
+    close(AGGREGATIONS.get("seq-mean-token-sum-norm")(L, empty_row, 4.0, empty_rows="skip"), 3 / 4)
 
 
 @hyp
@@ -556,3 +567,356 @@ def test_entropy_gradient_matches_the_closed_form():
     (g,) = torch.autograd.grad(h, z)
     p = torch.softmax(z.detach(), -1)
     close(g, -p * (torch.log(p) + h.detach()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Peer entries (issue 19): advantages
+# ---------------------------------------------------------------------------------------------
+
+import itertools  # noqa: E402
+
+from solidrl.trainer.algos import GROUP_ESTIMATORS, check_group_size, clip_cov_selected, kl_cov_selected  # noqa: E402
+
+
+@pytest.mark.parametrize("name", sorted(GROUP_ESTIMATORS))
+def test_group_estimators_refuse_a_group_of_one_with_one_line(name):
+    with pytest.raises(ConfigError, match=rf"^advantage estimator '{name}' needs at least 2 samples per prompt.*group size 1;"):
+        ADVANTAGES.get(name)(t([[1.0], [0.0]]))
+    with pytest.raises(ConfigError) as e:
+        check_group_size(name, 1)
+    assert "\n" not in str(e.value)
+    check_group_size(name, 2)  # fine
+    check_group_size("reinforce", 1)  # batch baselines accept G = 1
+
+
+def _passk_by_enumeration(r, k):
+    """m_i = mean over k-subsets S containing i of max_S r; rho, E[max^2] over all k-subsets (itertools)."""
+    G = len(r)
+    subsets = list(itertools.combinations(range(G), k))
+    mx = {S: max(r[j] for j in S) for S in subsets}
+    rho = np.mean([mx[S] for S in subsets])
+    m2 = np.mean([mx[S] ** 2 for S in subsets])
+    m = np.array([np.mean([mx[S] for S in subsets if i in S]) for i in range(G)])
+    return m, rho, m2
+
+
+@hyp
+@given(r=hnp.arrays(np.float64, st.tuples(st.integers(1, 3), st.integers(2, 6)), elements=st.sampled_from([0.0, 0.25, 1.0, 2.0, -1.0])),
+       k=st.integers(1, 6), normalize=st.booleans())
+def test_pass_at_k_matches_exhaustive_subset_enumeration(r, k, normalize):
+    assume(k <= r.shape[1])
+    adv = ADVANTAGES.get("pass_at_k")(torch.from_numpy(r), k=k, normalize=normalize)
+    for n in range(r.shape[0]):
+        m, rho, m2 = _passk_by_enumeration(list(r[n]), k)
+        want = m - rho
+        if normalize:
+            want = want / (math.sqrt(max(m2 - rho**2, 0.0)) + 1e-6)
+        if np.all(r[n] == r[n][0]):
+            want = np.zeros_like(want)
+        close(adv[n], want, atol=1e-9, rtol=1e-9)
+    close(adv.sum(1), torch.zeros(r.shape[0]), atol=1e-8, rtol=0)
+
+
+def test_pass_at_k_binary_closed_form_of_chen_et_al_and_k1_is_grpo():
+    # G = 5, c = 2 correct, k = 3: rho = 1 - C(3,3)/C(5,3) = 1 - 1/10 = 0.9, sigma = sqrt(0.9 * 0.1) = 0.3
+    #   A+ = (1 - 0.9)/0.3 = 1/3;  A- = (1 - 0.9 - C(2,2)/C(4,2))/0.3 = (0.1 - 1/6)/0.3 = -2/9
+    adv = ADVANTAGES.get("pass_at_k")(t([[1.0, 0.0, 0.0, 1.0, 0.0]]), k=3)
+    close(adv, [[1 / 3, -2 / 9, -2 / 9, 1 / 3, -2 / 9]], atol=1e-5, rtol=0)
+    r = torch.from_numpy(np.random.default_rng(3).normal(size=(4, 6)))
+    close(ADVANTAGES.get("pass_at_k")(r, k=1), ADVANTAGES.get("grpo")(r), atol=1e-12, rtol=1e-12)
+    with pytest.raises(ConfigError, match="1 <= k <= group size"):
+        ADVANTAGES.get("pass_at_k")(r, k=7)
+
+
+def test_grpo_passk_credits_only_the_best_sample():
+    # r = [0.2, 0.9, 0.5, 0.5]: gap = 0.9 - 0.5 = 0.4 at index 1; unbiased std = std(ddof=1)
+    r = np.array([[0.2, 0.9, 0.5, 0.5], [1.0, 1.0, 0.0, 0.0]])
+    adv = ADVANTAGES.get("grpo_passk")(torch.from_numpy(r))
+    close(adv[0], [0.0, 0.4 / (np.std(r[0], ddof=1) + 1e-6), 0.0, 0.0])
+    close(adv[1], [0.0] * 4)  # two at the top: r_max - r_second = 0
+    close(ADVANTAGES.get("grpo_passk")(torch.from_numpy(r), norm_by_std=False)[0], [0.0, 0.4, 0.0, 0.0])
+
+
+def test_grpo_parameters_reproduce_the_peer_normalizers():
+    r = np.random.default_rng(4).normal(size=(3, 5))
+    rt = torch.from_numpy(r)
+    dev = r - r.mean(1, keepdims=True)
+    close(ADVANTAGES.get("grpo")(rt, unbiased_std=True), dev / (r.std(1, ddof=1, keepdims=True) + 1e-6))  # verl
+    close(ADVANTAGES.get("grpo")(rt, unbiased_std=True, eps=1e-4), dev / (r.std(1, ddof=1, keepdims=True) + 1e-4))  # TRL
+    close(ADVANTAGES.get("grpo")(rt, unbiased_std=True, eps=1e-4, scale="batch"), dev / (r.std(ddof=1) + 1e-4))
+    with pytest.raises(ConfigError, match="scale must be"):
+        ADVANTAGES.get("grpo")(rt, scale="prompt")
+
+
+def test_reinforce_pp_whitens_over_the_batch_and_gpg_rescales():
+    r = np.random.default_rng(5).normal(size=(3, 4))
+    close(ADVANTAGES.get("reinforce_pp")(torch.from_numpy(r)), (r - r.mean()) / np.sqrt(r.var(ddof=1) + 1e-8))
+    c = r - r.mean(1, keepdims=True)
+    close(ADVANTAGES.get("reinforce_pp_baseline")(torch.from_numpy(r)), (c - c.mean()) / np.sqrt(c.var(ddof=1) + 1e-8))
+    # gpg: r = [[1,0],[0,0]]: one non-zero reward of 4 -> alpha = 4; A = 4 (r - mean_g) / f_norm
+    close(ADVANTAGES.get("gpg")(t([[1.0, 0.0], [0.0, 0.0]])), [[2.0, -2.0], [0.0, 0.0]])
+    close(ADVANTAGES.get("gpg")(t([[1.0, 0.0], [0.0, 0.0]]), f_norm=2.0), [[1.0, -1.0], [0.0, 0.0]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Peer entries: policy losses
+# ---------------------------------------------------------------------------------------------
+
+
+def grad_of(name, log_r, adv, mask=None, p=P, old=-1.0, **kw):
+    log_r, adv = t(log_r), t(adv)
+    mask = torch.ones_like(log_r) if mask is None else t(mask)
+    oldt = torch.full_like(log_r, old)
+    logp = (oldt + log_r).requires_grad_()
+    loss = POLICY_LOSSES.get(name)(logp, oldt, adv, mask, p, **kw)
+    (g,) = torch.autograd.grad((loss * mask).sum(), logp)
+    return loss.detach(), g
+
+
+def test_cispo_keeps_a_clipped_weight_on_every_token():
+    # r = [1.5, 0.5, 1.1], A = [1, -1, 2]; two_sided [0.8, 1.2]: w = [1.2, 0.8, 1.1]; grad = -w A
+    # upper (min(r, 1.2)): w = [1.2, 0.5, 1.1]
+    lr = np.log([1.5, 0.5, 1.1])
+    _, g = grad_of("cispo", lr, [1.0, -1.0, 2.0])
+    close(g, [-1.2, 0.8, -2.2])
+    _, g = grad_of("cispo", lr, [1.0, -1.0, 2.0], bounds="upper")
+    close(g, [-1.2, 0.5, -2.2])
+    with pytest.raises(ConfigError, match="cispo bounds"):
+        grad_of("cispo", lr, [1.0, -1.0, 2.0], bounds="trl")
+
+
+@hyp
+@given(log_r=hnp.arrays(np.float64, 6, elements=finite(-3, 3)), adv=hnp.arrays(np.float64, 6, elements=finite(-5, 5)),
+       tp=finite(0.1, 5), tn=finite(0.1, 5))
+def test_sapo_is_the_soft_gate_and_its_gradient(log_r, adv, tp, tn):
+    import scipy.special
+    r = np.exp(log_r)
+    tau = np.where(adv > 0, tp, tn)
+    loss, g = grad_of("sapo", log_r, adv, tau_pos=tp, tau_neg=tn)
+    close(loss, -(4 / tau) * scipy.special.expit(tau * (r - 1)) * adv)
+    s = scipy.special.expit(tau * (r - 1))
+    close(g, -4 * s * (1 - s) * r * adv)  # d/dlogp of (4/tau) sigmoid(tau (r - 1)) = 4 s (1 - s) r
+
+
+@hyp
+@given(data=batches(lo=-1, hi=1), adv_row=hnp.arrays(np.float64, 4, elements=finite(-3, 3)), eps=finite(0.05, 0.8))
+def test_gmpo_aggregate_equals_the_geometric_mean_objective(data, adv_row, eps):
+    # Zhao et al. eq. 5-7 written directly: J = 1/B sum_b A_b prod_t (clip_sgn(r_t))^(1/n_b), gradient by autograd
+    lr0, mask = data
+    B, T = lr0.shape
+    adv = torch.from_numpy(adv_row[:B]).unsqueeze(-1).expand(B, T)
+    p = PolicyLossParams(eps_low=eps, eps_high=eps)
+    old = torch.full_like(lr0, -2.0)
+    logp = (old + lr0).requires_grad_()
+    agg = AGGREGATIONS.get("seq-mean-token-mean")
+    (g_ours,) = torch.autograd.grad(agg(POLICY_LOSSES.get("gmpo")(logp, old, adv, mask, p), mask, 0.0), logp)
+    lr = logp - old
+    a = adv[:, 0]
+    lo, hi = -eps, eps
+    clipped = torch.where(a[:, None] > 0, torch.minimum(lr, torch.full_like(lr, hi)),
+                          torch.where(a[:, None] < 0, torch.maximum(lr, torch.full_like(lr, lo)), lr * 0))
+    n = mask.sum(-1)
+    s = torch.exp((clipped * mask).sum(-1) / n.clamp(min=1))
+    (g_ref,) = torch.autograd.grad(-(a * s * (n > 0)).mean(), logp)
+    close(g_ours, g_ref, atol=1e-12, rtol=1e-9)
+
+
+def test_dppo_masks_tokens_whose_probability_moved_too_far():
+    # old p = [0.5, 0.5, 0.5, 0.5]; new p = [0.8, 0.6, 0.2, 0.45]; A = [1, 1, -1, -1]; eps = 0.2 (probability units)
+    #   TV: p - p_old = [0.3, 0.1, -0.3, -0.05]: A>0 keeps <= 0.2 -> [0, 1]; A<0 keeps >= -0.2 -> [0, 1]
+    #   grad = -A min(r, 20) v, r = p/p_old = [1.6, 1.2, 0.4, 0.9] -> [0, -1.2, 0, 0.9]
+    old, new = np.log([0.5] * 4), np.log([0.8, 0.6, 0.2, 0.45])
+    _, g = grad_of("dppo_tv", new - old, [1.0, 1.0, -1.0, -1.0], old=math.log(0.5))
+    close(g, [0.0, -1.2, 0.0, 0.9])
+    # KL: D = p_o log(p_o/p) + (1-p_o) log((1-p_o)/(1-p)) (ignoring the 1e-8): [0.223, 0.0204, 0.223, 0.00501]
+    #   A>0: keep D <= 0.2 or p <= p_old -> [0, 1]; A<0: keep D <= 0.2 or p >= p_old -> [0, 1]
+    _, g = grad_of("dppo_kl", new - old, [1.0, 1.0, -1.0, -1.0], old=math.log(0.5))
+    close(g, [0.0, -1.2, 0.0, 0.9])
+    # the KL mask lets a token move freely in the direction its advantage does not push: A>0 and p < p_old
+    _, g = grad_of("dppo_kl", [math.log(0.2 / 0.5)], [1.0], old=math.log(0.5))
+    close(g, [-0.4])
+    _, g = grad_of("dppo_tv", [5.0], [-1.0], old=-8.0, trunc_c=3.0)  # r = e^5 truncated at 3; p - p_old > 0 -> valid
+    close(g, [3.0])
+
+
+def test_dro_gradient_is_minus_a_plus_beta_log_ratio():
+    loss, g = grad_of("dro", [0.5, -0.2], [1.0, -2.0], beta=0.3)
+    close(g, [-1.0 + 0.3 * 0.5, 2.0 + 0.3 * -0.2])
+    close(loss, [-(-0.5 * 1.0 - 0.15 * 0.25), -(-1.2 * -2.0 - 0.15 * 0.04)])  # logp = old + lr = [-0.5, -1.2]
+
+
+def test_clip_cov_cuts_candidates_only_and_kl_cov_penalizes_the_top_covariance():
+    g = torch.Generator().manual_seed(1)
+    B, T = 4, 50
+    logp = -torch.rand(B, T, generator=g, dtype=F64) * 4
+    old = logp + 0.05 * torch.randn(B, T, generator=g, dtype=F64)
+    adv = 3 * torch.randn(B, 1, generator=g, dtype=F64).expand(B, T)
+    mask = (torch.rand(B, T, generator=g) < 0.9).double()
+    n_tok = int(mask.sum())
+    cov = (adv - adv[mask > 0].mean()) * (logp - logp[mask > 0].mean())
+    r = torch.exp(logp - old)
+    ppo_clipped = (r.clamp(0.8, 1.2) * -adv > r * -adv)
+    cand = (mask > 0) & ~ppo_clipped & (cov > 1) & (cov < 5)
+    for ratio in (0.01, 0.2, 0.9):
+        cut = clip_cov_selected(logp, old, adv, mask, P, ratio=ratio)
+        assert (cut <= cand).all()
+        assert int(cut.sum()) == min(max(int(ratio * n_tok), 1), int(cand.sum()))
+        assert torch.equal(cut, clip_cov_selected(logp, old, adv, mask, P, ratio=ratio))  # deterministic
+        lp = logp.clone().requires_grad_()
+        loss = POLICY_LOSSES.get("clip_cov")(lp, old, adv, mask, P, ratio=ratio)
+        (gr,) = torch.autograd.grad((loss * mask).sum(), lp)
+        lp2 = logp.clone().requires_grad_()
+        (gp,) = torch.autograd.grad((POLICY_LOSSES.get("ppo_clip")(lp2, old, adv, mask, P) * mask).sum(), lp2)
+        close(gr, torch.where(cut, torch.zeros_like(gp), gp))
+    # kl_cov: the k = floor(0.05 * n) largest covariances (by sort), loss -A r + coef |log r| there
+    sel = kl_cov_selected(logp, adv, mask, ratio=0.05)
+    k = max(int(0.05 * n_tok), 1)
+    thresh = torch.sort(cov[mask > 0], descending=True).values[k - 1]
+    assert int(sel.sum()) == k and torch.equal(sel, (cov >= thresh) & (mask > 0))
+    loss = POLICY_LOSSES.get("kl_cov")(logp, old, adv, mask, P, ratio=0.05, kl_coef=0.5)
+    close(loss, -adv * r + 0.5 * (logp - old).abs() * sel)
+
+
+def test_vespo_weight_is_one_on_policy_and_peaks_at_k_over_lambda():
+    # phi(w) = exp(lambda + k log w - lambda w): phi(1) = 1; A >= 0 defaults (2, 3): phi(2/3) = e^{3 - 2} (2/3)^2 = 1.2078
+    loss, g = grad_of("vespo", [[0.0, 0.0]], [[1.0, 1.0]])
+    close(g, [[-1.0, -1.0]])
+    lw = math.log(2 / 3)
+    loss, g = grad_of("vespo", [[lw / 2, lw / 2]], [[1.0, 1.0]])  # sum of log ratios = log(2/3)
+    close(g, [[-math.e * (4 / 9)] * 2])
+    # A < 0 uses (k, lambda) = (3, 2): phi(2/3) = e^{2 - 4/3} (2/3)^3
+    _, g = grad_of("vespo", [[lw / 2, lw / 2]], [[-1.0, -1.0]])
+    close(g, [[math.exp(2 - 4 / 3) * (8 / 27)] * 2])
+
+
+def test_opsm_drops_only_negative_advantage_sequences_that_drifted():
+    # row drift = mean(old - logp) = -mean(lr): row 0 lr = [-0.1, -0.1] -> drift 0.1 > 0.05; row 1 lr = 0 -> 0
+    lr = [[-0.1, -0.1], [0.0, 0.0], [-0.1, -0.1]]
+    adv = [[-1.0, -1.0], [-1.0, -1.0], [1.0, 1.0]]
+    loss, g = grad_of("ppo_clip_opsm", lr, adv, delta=0.05)
+    ref, gref = grad_of("ppo_clip", lr, adv)
+    close(loss, ref * t([[0.0], [1.0], [1.0]]))
+    close(g, gref * t([[0.0], [1.0], [1.0]]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Peer entries: corrections
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tis_is_zero_off_the_mask_and_the_two_sided_and_sequence_forms():
+    lr = torch.log(t([[0.25, 1.5, 4.0], [2.0, 2.0, 9.0]]))
+    m = t([[1, 1, 1], [1, 1, 0]])
+    p = CorrectionParams(tis_cap=2.0)
+    close(CORRECTIONS.get("tis")(lr, m, p), [[0.25, 1.5, 2.0], [2.0, 2.0, 0.0]])
+    close(CORRECTIONS.get("tis_two_sided")(lr, m, p, low=0.5), [[0.5, 1.5, 2.0], [2.0, 2.0, 0.0]])
+    assert touched("tis_two_sided", lr, m, p, low=0.5).tolist() == [[True, False, True], [False, False, False]]
+    # seq_tis: row 0 w = 0.25 * 1.5 * 4 = 1.5 (<= 2: kept); row 1 w = 2 * 2 = 4 (masked 9 left out)
+    close(CORRECTIONS.get("seq_tis")(lr, m, p), [[1.5, 1.5, 1.5], [2.0, 2.0, 0.0]])
+    close(CORRECTIONS.get("seq_tis")(lr, m, p, mode="mask"), [[1.5, 1.5, 1.5], [0.0, 0.0, 0.0]])
+    assert touched("seq_tis", lr, m, p).tolist() == [[False] * 3, [True, True, False]]
+
+
+def test_geo_rs_and_the_verl_k1_convention_mirror_the_bounds():
+    # rho_b = geometric mean: row 0 = 1.3, row 1 = 0.7. Bounds (0.8, 1.5):
+    #   ratio convention keeps rho in [0.8, 1.5]: row 0 kept, row 1 rejected
+    #   verl_k1 ("0.8_1.5" on rollout/train) keeps rho in [1/1.5, 1/0.8] = [0.667, 1.25]: row 0 rejected, row 1 kept
+    lr = torch.log(t([[1.3, 1.3], [0.7, 0.7]]))
+    m = torch.ones_like(lr)
+    p = CorrectionParams(seq_low=0.8, seq_high=1.5)
+    close(CORRECTIONS.get("geo_rs")(lr, m, p), [[1.0, 1.0], [0.0, 0.0]])
+    close(CORRECTIONS.get("geo_rs")(lr, m, p, convention="verl_k1"), [[0.0, 0.0], [1.0, 1.0]])
+    close(CORRECTIONS.get("masked_seq_is")(lr, m, p, convention="verl_k1"), [[0.0, 0.0], [0.7, 0.7]])
+    assert touched("geo_rs", lr, m, p).tolist() == [[False, False], [True, True]]  # kept weight 1 is untouched
+
+
+# ---------------------------------------------------------------------------------------------
+# Clip-Cov's entropy effect (theory.cov_clip) against the real loss
+# ---------------------------------------------------------------------------------------------
+
+
+def test_clip_cov_derivation_verifies_and_matches_its_lambdified_result():
+    from solidrl.theory.cov_clip import clip_cov_entropy, derive_clip_cov
+    d = derive_clip_cov(4)
+    assert all(d.verify().values())
+    rng = np.random.default_rng(0)
+    l, c = -rng.random(4) * 3, rng.normal(size=4)
+    cut = np.array([1.0, 0.0, 1.0, 0.0])
+    f = d.lambdify("entropy/delta", [*(d.symbols[f"logp_{i}"] for i in range(1, 5)), *(d.symbols[f"coef_{i}"] for i in range(1, 5)),
+                                     *(d.symbols[f"cut_{i}"] for i in range(1, 5)), __import__("solidrl.theory.derivation", fromlist=["STAT"]).STAT["lr"]])
+    x = c * (1 - cut)
+    close(f(*l, *c, *cut, 0.1), -0.1 * np.mean((l - l.mean()) * (x - x.mean())))
+    # the predictor with every candidate cut is the same expression on its own candidate set
+    adv = t(rng.normal(size=4) * 4)
+    out = clip_cov_entropy({"logp": t(l), "adv": adv, "coef": t(c), "lr": t(0.1)}, ratio=1.0, lb=0.0, ub=1e9)
+    cov = (adv.numpy() - adv.numpy().mean()) * (l - l.mean())
+    x = c * (1 - ((cov > 0) & (cov < 1e9)))
+    close(out["entropy/delta"], -0.1 * np.mean((l - l.mean()) * (x - x.mean())))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_clip_cov_predicted_entropy_change_equals_the_cov_estimate_of_the_real_clip_cov_step(seed):
+    # Predict from a ppo_clip step's coefficients which tokens Clip-Cov cuts and the dH that results; hold it
+    # against the Cov estimate of the coefficients autograd gives for the real clip_cov loss (on-policy step).
+    from solidrl.theory.cov_clip import clip_cov_entropy, expected_cut
+    g = torch.Generator().manual_seed(seed)
+    B, T = 8, 12
+    logp = -torch.rand(B, T, generator=g, dtype=F64) * 4
+    adv = (2 * torch.randn(B, 1, generator=g, dtype=F64)).expand(B, T)
+    mask = (torch.rand(B, T, generator=g) < 0.85).double()
+    kw = dict(ratio=0.5, lb=0.5, ub=5.0)  # n = floor(0.5 N) >= the candidates: every candidate is cut
+
+    def coef(name, **k):
+        lp = logp.clone().requires_grad_()
+        loss = AGGREGATIONS.get("token-mean")(POLICY_LOSSES.get(name)(lp, logp, adv, mask, P, **k), mask, 1.0)
+        return -torch.autograd.grad(loss, lp)[0][mask > 0]
+
+    on = mask > 0
+    stats = {"logp": logp[on], "adv": adv[on], "coef": coef("ppo_clip"), "lr": t(0.05)}
+    q = expected_cut(stats["logp"], stats["adv"], **kw)
+    assert 0 < int(q.sum()) and set(q.unique().tolist()) <= {0.0, 1.0}  # some tokens cut, deterministically
+    c_real = coef("clip_cov", **kw)
+    assert torch.equal(c_real == 0, q == 1)  # the predicted set is the set the loss cut
+    l = stats["logp"]
+    observed = float((-0.05 * (l - l.mean()) * (c_real - c_real.mean())).mean())
+    pred = clip_cov_entropy(stats, **kw)["entropy/delta"]
+    close(pred, observed, atol=1e-15, rtol=1e-12)
+    full = float((-0.05 * (l - l.mean()) * (stats["coef"] - stats["coef"].mean())).mean())
+    assert pred > full  # the cut tokens carried entropy decrease: cutting them gives it back
+
+
+def test_kl_cov_penalty_has_no_gradient_on_the_first_on_policy_update():
+    # |log r| at r = 1 has (sub)gradient 0, so KL-Cov's first update is the unclipped IS loss's: same dH
+    g = torch.Generator().manual_seed(0)
+    logp = -torch.rand(3, 5, generator=g, dtype=F64)
+    adv = torch.randn(3, 5, generator=g, dtype=F64)
+    mask = torch.ones_like(logp)
+    lp = logp.clone().requires_grad_()
+    (gk,) = torch.autograd.grad(POLICY_LOSSES.get("kl_cov")(lp, logp, adv, mask, P, ratio=0.5, kl_coef=10.0).sum(), lp)
+    close(gk, -adv)
+
+
+def test_the_trainer_refuses_a_group_estimator_with_group_size_1_before_anything_runs():
+    from solidrl.trainer.config import TrainConfig, apply_overrides
+    from solidrl.trainer.loop import check_names
+    for adv in sorted(GROUP_ESTIMATORS):
+        cfg = apply_overrides(TrainConfig(), {"rollout.group_size": "1", "algo.advantage": adv})
+        with pytest.raises(ConfigError, match="set rollout.group_size >= 2"):
+            check_names(cfg)
+    check_names(apply_overrides(TrainConfig(), {"rollout.group_size": "1", "algo.advantage": "reinforce"}))
+
+
+def test_entry_parameters_follow_the_convention():
+    # keyword-only, annotated int / float / bool / str, with a default of that type (the plugins plumbing reads them)
+    import inspect
+    import typing
+    for reg in (ADVANTAGES, POLICY_LOSSES, AGGREGATIONS, KL_ESTIMATORS, CORRECTIONS):
+        for name in reg:
+            fn = reg.get(name)
+            hints = typing.get_type_hints(inspect.unwrap(fn))
+            for prm in inspect.signature(fn).parameters.values():
+                if prm.kind is not prm.KEYWORD_ONLY:
+                    continue
+                tp = hints[prm.name]
+                assert tp in (int, float, bool, str), (reg.kind, name, prm.name, tp)
+                assert prm.default is not prm.empty and type(prm.default) is tp, (reg.kind, name, prm.name)

@@ -83,6 +83,7 @@ class NonFiniteError(TrainingError):
 def check_names(cfg: TrainConfig) -> None:
     """Every registry name in the config exists (UnknownNameError lists the known ones)."""
     algos.ADVANTAGES.check(cfg.algo.advantage)
+    algos.check_group_size(cfg.algo.advantage, cfg.rollout.group_size)  # ConfigError: one line, exit 2
     algos.POLICY_LOSSES.check(cfg.algo.policy_loss)
     algos.AGGREGATIONS.check(cfg.algo.loss_agg)
     algos.KL_ESTIMATORS.check(cfg.algo.kl_estimator)
