@@ -177,14 +177,17 @@ def test_parameters_are_set_by_dotted_name_stored_and_round_trip(tmp_path):
     assert apply_overrides(TrainConfig(), {"algo.advantage": "std_eps"}).entry_params("algo.advantage") == {"eps": 0.1}
     # a parameter belongs to the entry selected after the overrides; selecting another drops it
     assert apply_overrides(cfg, {"algo.advantage": "rloo"}).params == ()
-    assert TrainConfig().entry_params("algo.advantage") == {}
+    # grpo declares the peers' semantics as parameters (docs/peers.md): its defaults are solidrl's
+    assert TrainConfig().entry_params("algo.advantage") == {"eps": 1e-6, "unbiased_std": False, "scale": "group"}
+    assert TrainConfig().entry_params("algo.loss_agg") == {}  # token-mean has none
 
 
 @pytest.mark.parametrize("over, msg", [
     ({"algo.advantage": "std_eps", "algo.advantage.epz": 1}, r"algo.advantage.epz: unknown parameter of advantage "
                                                             r"estimator 'std_eps'; allowed: eps \(float, default 0.1\)"),
     ({"algo.advantage": "std_eps", "algo.advantage.eps": "big"}, "algo.advantage.eps: expected a number, got 'big'"),
-    ({"algo.advantage.eps": 0.2}, "allowed: none"),  # grpo has no parameters
+    ({"algo.advantage.x": 0.2}, r"algo.advantage.x: unknown parameter of advantage estimator 'grpo'; allowed: eps"),
+    ({"algo.loss_agg.x": 0.2}, "allowed: none"),  # token-mean has no parameters
     ({"algo.kl_placement.x": 1}, "algo.kl_placement does not select a registered entry"),
 ])
 def test_unknown_or_mistyped_parameters_are_config_errors(over, msg):

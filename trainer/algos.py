@@ -40,7 +40,7 @@ from torch import Tensor
 
 from solidrl.theory.registry import Registry
 
-from .config import ConfigError
+from .errors import ConfigError
 
 __all__ = [
     "ADVANTAGES", "POLICY_LOSSES", "AGGREGATIONS", "KL_ESTIMATORS", "CORRECTIONS",

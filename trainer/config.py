@@ -18,9 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-
-class ConfigError(ValueError):
-    """A user mistake in a config override; the message is one line naming the field and the fix."""
+from .errors import ConfigError  # noqa: F401 - re-exported: solidrl.trainer.config.ConfigError
 
 
 @dataclass(frozen=True)
