@@ -27,6 +27,7 @@ expected = "test fixture"
 [run]
 steps = 3
 seeds = [0, 1]
+cold_start = "shared"   # one cold start for both seeds: one SFT for the suite (per-seed: tests/test_check_judge.py)
 prompts_per_step = 8
 group_size = 4
 [run.quick]
