@@ -72,9 +72,17 @@ metric = "entropy/delta"
 predictor = "cov_entropy"
 observed = "entropy/token_mean"
 ratio = [0.0, 1.0]
+[[predict]]
+label = "update norm from fresh moments"
+kind = "counterfactual"
+metric = "update/norm"
+compare = "ratio"
+value = 1.0
+tolerance = 0.5
+shadow_optimizer = "fresh"
 """
 LABELS = ["grad norm, counterfactual", "grad norm, A/B", "accuracy, A/B (a null effect in 3 steps)",
-          "entropy change per step", "entropy trajectory"]
+          "entropy change per step", "entropy trajectory", "update norm from fresh moments"]
 
 
 def _strip(report: dict) -> list[dict]:
@@ -136,6 +144,14 @@ def test_counterfactual_shadow_takes_every_step_on_the_same_batch(live):
         assert all(s["grad/norm"] != b["grad/norm"] for s, b in zip(shadow, base))
     # The shadow never moves the baseline: its trajectory equals the plain treatment-free run's.
     assert not (out / "runs" / "treatment" / "seed0" / "cf-baseline").exists()
+    # shadow_optimizer = "fresh": both sides are shadows from zero moments on the baseline's batch; a
+    # fresh AdamW step moves each weight with a gradient by ~lr, more than the continued step does after step 0
+    for seed in (0, 1):
+        run = out / "runs" / "baseline" / f"seed{seed}"
+        base, fb, ft = (read_rows(run), read_rows(run / "cf-baseline-fresh"), read_rows(run / "cf-treatment-fresh"))
+        assert all(r["counterfactual/batch_match"] == 1.0 for r in fb + ft) and len(fb) == len(ft) == 3
+        assert fb[0]["update/norm"] == pytest.approx(base[0]["update/norm"], rel=1e-6)  # step 0: both fresh
+        assert all(f["update/norm"] > b["update/norm"] for f, b in zip(fb[1:], base[1:]))
 
 
 def test_from_run_gives_the_live_verdicts(live, tmp_path):

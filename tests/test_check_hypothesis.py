@@ -326,7 +326,10 @@ def test_rivals_cold_starts_and_shadow_optimizer_parse(stub_predictors):
     h = H.parse(to_toml(spec), "h.toml")
     r = h.predictions[0].rivals
     assert r[0] == H.Rival("flat", value=1.0) and r[1].pred_key == "pred/stubpred/entropy/delta"
-    assert [p.shadow_dir for p in h.shadows()] == ["cf-treatment", "cf-treatment-fresh"]
+    # a fresh treatment step is compared with a fresh baseline step: two shadows for that prediction
+    assert h.shadows() == (("baseline", "treatment", "cf-treatment", False),
+                           ("baseline", "treatment", "cf-treatment-fresh", True),
+                           ("baseline", "baseline", "cf-baseline-fresh", True))
     assert h.predictions[5].predicted.compare == "per_step" and h.predictions[5].min_r == 0.5
     assert h.predictions[5].pred_key == "pred/stubpred/entropy/delta"
     assert h.predictions[0].resample == "seed_t"

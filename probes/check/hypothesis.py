@@ -155,14 +155,22 @@ class Prediction:
         return self.arms if self.kind in ("ab", "counterfactual") else (self.arms[0],)
 
     @property
-    def pair_key(self) -> tuple[str, str, str]:
-        """A counterfactual's shadow: (baseline arm, treatment arm, shadow optimizer)."""
-        return (self.arms[0], self.arms[1], self.shadow_optimizer)
+    def shadow_dir(self) -> str:
+        """The treatment shadow's folder inside the baseline run: cf-<treatment>[-fresh]."""
+        return f"cf-{self.arms[1]}" + ("" if self.shadow_optimizer == "continue" else f"-{self.shadow_optimizer}")
 
     @property
-    def shadow_dir(self) -> str:
-        """The shadow's folder inside the baseline run: cf-<treatment>[-fresh]."""
-        return f"cf-{self.arms[1]}" + ("" if self.shadow_optimizer == "continue" else f"-{self.shadow_optimizer}")
+    def baseline_dir(self) -> Optional[str]:
+        """Where the baseline side of a counterfactual is read: None = the baseline run itself; with
+        fresh moments a second shadow with the baseline's config, cf-<baseline>-fresh (a fresh
+        treatment step against the baseline's continued one would compare two optimizer states)."""
+        return None if self.shadow_optimizer == "continue" else f"cf-{self.arms[0]}-{self.shadow_optimizer}"
+
+    def shadow_specs(self) -> tuple[tuple[str, str, bool], ...]:
+        """(arm whose config the shadow takes, folder, fresh moments) of each shadow this prediction reads."""
+        fresh = self.shadow_optimizer == "fresh"
+        specs = ((self.arms[1], self.shadow_dir, fresh),)
+        return specs + (((self.arms[0], self.baseline_dir, fresh),) if self.baseline_dir else ())
 
 
 @dataclass(frozen=True)
@@ -189,13 +197,14 @@ class Hypothesis:
     def counterfactual_pairs(self) -> tuple[tuple[str, str], ...]:
         return tuple(dict.fromkeys(p.arms for p in self.predictions if p.kind == "counterfactual"))
 
-    def shadows(self) -> tuple[Prediction, ...]:
-        """One counterfactual prediction per distinct shadow (baseline, treatment, optimizer)."""
-        first: dict[tuple[str, str, str], Prediction] = {}
+    def shadows(self) -> tuple[tuple[str, str, str, bool], ...]:
+        """Every distinct shadow the counterfactuals read: (baseline arm, config arm, folder, fresh)."""
+        out: dict[tuple[str, str], tuple[str, str, str, bool]] = {}
         for p in self.predictions:
             if p.kind == "counterfactual":
-                first.setdefault(p.pair_key, p)
-        return tuple(first.values())
+                for arm, d, fresh in p.shadow_specs():
+                    out.setdefault((p.arms[0], d), (p.arms[0], arm, d, fresh))
+        return tuple(out.values())
 
     def arms_to_run(self) -> tuple[str, ...]:
         used = {a for p in self.predictions for a in (p.arms_used() if p.kind != "counterfactual" else p.arms[:1])}

@@ -125,17 +125,21 @@ def _judge_pair(p: Prediction, data: RunData, seeds: list[int], sl: slice,
                 notes: list[str]) -> tuple[Judgement, dict, dict]:
     """ab and counterfactual: treatment vs baseline, paired by seed and step. Returns (judgement, plot, info)."""
     b_arm, t_arm = p.arms
-    d_b = _dirs(data, b_arm, seeds)
+    d_b = _dirs(data, b_arm, seeds)      # the baseline runs: the predictor's values come from their rows
     d_t = _dirs(data, t_arm, seeds) if p.kind == "ab" else [x / p.shadow_dir for x in d_b]
-    missing = [str(x.relative_to(data.out)) for x in d_t if not (x / "metrics.jsonl").exists()]
+    d_bm = d_b if p.kind == "ab" or p.baseline_dir is None else [x / p.baseline_dir for x in d_b]
+    missing = [str(x.relative_to(data.out)) for x in d_t + d_bm if not (x / "metrics.jsonl").exists()]
     if missing:
         raise LookupError(f"no rows in {', '.join(missing)} (these runs were made without this pair; "
                           "rerun without --from-run)")
-    b = _stack(data, d_b, lambda x: data.metric(x, p.metric))
+    b = _stack(data, d_bm, lambda x: data.metric(x, p.metric))
     t = _stack(data, d_t, lambda x: data.metric(x, p.metric))
     info: dict[str, Any] = {}
     if p.kind == "counterfactual":
         match = _stack(data, d_t, lambda x: data.metric(x, "counterfactual/batch_match"))
+        if d_bm is not d_b:  # both sides are shadows: both must have sampled the baseline's batch
+            match = np.where(_stack(data, d_bm, lambda x: data.metric(x, "counterfactual/batch_match")) == 1.0,
+                             match, 0.0)
         if (match == 0.0).any():
             notes.append(f"{int((match == 0.0).sum())} step(s) whose batches differed between the two updates "
                          "were left out")

@@ -143,13 +143,12 @@ def _run_one(hyp: Hypothesis, arm: str, seed: int, plan: Plan, out: Path, run_di
         rec["probes"] = _attach_probes(trainer)
         if first_of_arm:
             trainer.add_hook("step_end", _metric_check(hyp, arm))
-        for p in hyp.shadows():
-            a, b = p.arms
+        for a, b, folder, fresh in hyp.shadows():
             if a != arm:
                 continue
-            d = run_dir / p.shadow_dir
+            d = run_dir / folder
             sh = Shadow(trainer, hyp_mod.arm_config(hyp, b, plan, seed), d, plan.counterfactual_every,
-                        fresh_optimizer=p.shadow_optimizer == "fresh")
+                        fresh_optimizer=fresh)
             trainer.add_hook("step_end", sh.on_base_step_end)
             shadows.append((b, sh))
         for _, sh in shadows:
