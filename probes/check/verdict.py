@@ -494,7 +494,7 @@ def judge_trajectory(pred_delta: np.ndarray, observed: np.ndarray, *, allowed: t
     if m == "seed_t":
         lo, hi = t_interval(value, infl, confidence)
     else:
-        si, ti = draw(rng(seed), n_boot, S, T, "seeds_and_steps" if m == "seeds" else m)
+        si, ti = draw(rng(seed), n_boot, S, T, m)
         xb = take(np.ascontiguousarray(steps), si, ti)
         with _quiet():
             boot = np.nanmean(np.nanmean(take(p, si, ti), -1), -1) / np.nanmean(_slopes(take(o, si, ti), xb), -1)
