@@ -257,7 +257,7 @@ def test_resampling_three_seeds_alone_is_not_conservative():
 def test_moving_blocks_are_contiguous_runs():
     from solidrl.probes.check.verdict import block_length, draw
 
-    si, ti = draw(np.random.default_rng(0), 4, 2, 30, "blocks")
+    _, ti = draw(np.random.default_rng(0), 4, 2, 30, "blocks")
     L = block_length(30)
     assert L == 5 and ti.shape == (4, 2, 30)
     blocks = ti.reshape(4, 2, 6, 5)

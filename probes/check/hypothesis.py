@@ -506,7 +506,7 @@ def _parse_prediction(c: _Checker, p: Any, i: int, arm_names: tuple[str, ...]) -
         if "max_median_rel_error" in p:
             kw["max_median_rel_error"] = c.number(p["max_median_rel_error"], f"{fld}.max_median_rel_error", lo=0)
         if not any(k in kw for k in ("min_r", "slope", "min_sign_agreement", "max_median_rel_error")):
-            c.fail(fld, f"a per-step prediction (kind = 'per_step' or compare = 'per_step') needs at least one "
+            c.fail(fld, "a per-step prediction (kind = 'per_step' or compare = 'per_step') needs at least one "
                         "threshold: min_r, slope, min_sign_agreement, max_median_rel_error")
     if kind == "trajectory":
         kw["observed"] = c.metric(p["observed"], f"{fld}.observed")

@@ -197,7 +197,7 @@ def _rival_values(p: Prediction, data: RunData, seeds: list[int], sl: slice) -> 
         if r.value is not None:
             out.append((r.label, r.value))
             continue
-        v = _stack(data, _dirs(data, p.arms[0], seeds), lambda x: data.predicted(x, p, r.pred_key))[:, sl]
+        v = _stack(data, _dirs(data, p.arms[0], seeds), lambda x, k=r.pred_key: data.predicted(x, p, k))[:, sl]
         out.append((r.label, float(np.nanmean(v)) if np.isfinite(v).any() else math.nan))
     return out
 
@@ -267,7 +267,7 @@ def judge_prediction(p: Prediction, data: RunData) -> tuple[dict[str, Any], Opti
     entry.update(jd, predicted=_pred_text(p, jd.get("predictor_value")), observed=_obs_text(j))
     sk = None
     if "skill_pairs" in info:
-        sk, sk_notes = skill(*info["skill_pairs"], method=p.resample)
+        sk, _ = skill(*info["skill_pairs"], method=p.resample)  # its notes repeat the judgement's
         entry["skill"] = {"value": _num(sk.value), "interval": [_num(sk.lo), _num(sk.hi)],
                           "says_nothing_beyond_average": not (math.isfinite(sk.lo) and sk.lo > 0)}
         if entry["skill"]["says_nothing_beyond_average"]:

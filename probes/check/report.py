@@ -157,11 +157,11 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(f"| ↳ counterfactual {cf['treatment']} | {run['seed']} | {cf['batch_matches']}/{cf['steps']} "
                          f"batches identical | | `{cf['dir']}` |")
     m = r["method"]
-    lines += ["", f"Intervals at the {level_text(m['confidence'])} level; default method {m['default_interval']} "
+    lines += ["", (f"Intervals at the {level_text(m['confidence'])} level; default method {m['default_interval']} "
                   f"(Student t over per-seed statistics); bootstrap methods: {m['bootstrap_resamples']} resamples, "
                   f"numpy seed {m['rng_seed']} (deterministic). Cold starts: {r.get('cold_start', 'shared')}. "
                   "confirmed = interval inside the prediction, refuted = outside, inconclusive = straddles; "
-                  "not severe = a rival or the no-effect value would be confirmed as well.", ""]
+                  "not severe = a rival or the no-effect value would be confirmed as well."), ""]
     return "\n".join(lines)
 
 

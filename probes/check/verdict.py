@@ -180,7 +180,7 @@ def t_interval(value: float, influence: np.ndarray, confidence: float = CONFIDEN
 
 def block_length(T: int) -> int:
     """Moving-block length: round(sqrt(T)), at least 1 (T = 30 -> 5)."""
-    return max(1, int(round(math.sqrt(T))))
+    return max(1, round(math.sqrt(T)))
 
 
 def draw(g: np.random.Generator, n_boot: int, S: int, T: int, method: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
