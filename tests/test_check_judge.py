@@ -183,3 +183,12 @@ def test_report_write_keeps_plot_data_out_of_report_json(runs, tmp_path):
     assert "plot_data" not in clean and "plot_data" in res
     data = json.loads((tmp_path / "report.json").read_text())
     assert all(k in data["predictions"][0] for k in ("severe", "severity_reason", "skill"))
+
+
+def test_a_rival_predictor_the_runs_lack_has_no_value_and_blocks_severity(runs):
+    hyp, out, record = runs
+    text = HYP.replace('rivals = [{label = "flat 2", value = 2.0}, {label = "far", value = 5.0}]',
+                       'rivals = [{label = "absent", predictor = "cov_entropy", output = "entropy/nowhere"}]')
+    e = judge_all(H.parse(text), out, record)["predictions"][2]
+    assert e["verdict"] == "confirmed" and e["severe"] is False
+    assert e["rivals"] == [{"label": "absent", "value": None}] and "no value" in e["severity_reason"]

@@ -197,7 +197,10 @@ def _rival_values(p: Prediction, data: RunData, seeds: list[int], sl: slice) -> 
         if r.value is not None:
             out.append((r.label, r.value))
             continue
-        v = _stack(data, _dirs(data, p.arms[0], seeds), lambda x, k=r.pred_key: data.predicted(x, p, k))[:, sl]
+        try:
+            v = _stack(data, _dirs(data, p.arms[0], seeds), lambda x, k=r.pred_key: data.predicted(x, p, k))[:, sl]
+        except LookupError:  # not in the rows and no stats/ to compute it from: no value, so not refuted
+            v = np.full(1, np.nan)
         out.append((r.label, float(np.nanmean(v)) if np.isfinite(v).any() else math.nan))
     return out
 
