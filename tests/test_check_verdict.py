@@ -322,3 +322,14 @@ def test_severity_rules():
     ok, why = severity("confirmed", Estimate(0.05, 0.0, 0.1), "difference", 0.1, [], good_skill, False)
     assert ok is False and "no-effect" in why
     assert severity("refuted", est, "ratio", 0.15, [], good_skill, False) == (False, "not confirmed (refuted)")
+
+
+def test_seed_t_intervals_stay_in_the_statistics_range():
+    # two seeds with sign agreement 0.9 and 1.0: t_{0.95, 1} = 6.31 would put the upper end at 1.27;
+    # a fraction cannot exceed 1, so the interval is cut there.
+    g = np.random.default_rng(11)
+    p = g.standard_normal((2, 10)) + 3.0
+    o = p.copy()
+    o[0, 0] = -1.0   # seed 0: 9 of 10 signs agree; seed 1: all 10
+    c = judge_per_step(p, o, min_sign_agreement=0.5).criteria[0].estimate
+    assert c.value == pytest.approx(0.95) and c.hi == 1.0 and 0.0 <= c.lo < 0.95

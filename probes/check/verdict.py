@@ -258,7 +258,12 @@ def _per_step_seed_t(p: np.ndarray, o: np.ndarray, k: str, confidence: float) ->
         return Estimate(math.tanh(zm) if math.isfinite(zm) else math.nan,
                         math.tanh(lo) if math.isfinite(lo) else math.nan, math.tanh(hi) if math.isfinite(hi) else math.nan)
     m = float(np.nanmean(s)) if np.isfinite(s).any() else math.nan
-    return Estimate(m, *t_interval(m, s - m, confidence))
+    lo, hi = t_interval(m, s - m, confidence)
+    # a fraction lies in [0, 1] and an error is >= 0: the t interval is cut to the statistic's range
+    bounds = {"sign_agreement": (0.0, 1.0), "median_rel_error": (0.0, INF)}.get(k, (-INF, INF))
+    if math.isfinite(lo):
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return Estimate(m, lo, hi)
 
 
 def judge_per_step(pred: np.ndarray, obs: np.ndarray, *, min_r: Optional[float] = None,
@@ -349,6 +354,7 @@ def skill(pred: np.ndarray, obs: np.ndarray, *, method: str = DEFAULT_METHOD, n_
     m = _method_for(method, S, notes)
     if m == "seed_t":
         lo, hi = t_interval(value, -infl, confidence)
+        hi = min(hi, 1.0) if math.isfinite(hi) else hi   # skill <= 1 (MSE >= 0)
     else:
         si, ti = draw(rng(seed), n_boot, S, T, m)
         ab, bb = stat(take(p, si, ti), take(o, si, ti))
