@@ -32,6 +32,7 @@ expected = "test fixture"
 [run]
 steps = 3
 seeds = [0, 1]
+cold_start = "shared"   # one cold start for both seeds: one SFT for the suite (per-seed: tests/test_check_judge.py)
 prompts_per_step = 8
 group_size = 4
 [run.quick]
@@ -76,9 +77,17 @@ metric = "entropy/delta"
 predictor = "cov_entropy"
 observed = "entropy/token_mean"
 ratio = [0.0, 1.0]
+[[predict]]
+label = "update norm from fresh moments"
+kind = "counterfactual"
+metric = "update/norm"
+compare = "ratio"
+value = 1.0
+tolerance = 0.5
+shadow_optimizer = "fresh"
 """
 LABELS = ["grad norm, counterfactual", "grad norm, A/B", "accuracy, A/B (a null effect in 3 steps)",
-          "entropy change per step", "entropy trajectory"]
+          "entropy change per step", "entropy trajectory", "update norm from fresh moments"]
 
 
 def _strip(report: dict) -> list[dict]:
@@ -187,6 +196,14 @@ def test_counterfactual_shadow_takes_every_step_on_the_same_batch(live, tmp_path
     attach_probes(t)
     assert t.run()["status"] == "finished"
     assert strip_time(read_rows(tmp_path / "alone")) == strip_time(read_rows(d))
+    # shadow_optimizer = "fresh": both sides are shadows from zero moments on the baseline's batch; a
+    # fresh AdamW step moves each weight with a gradient by ~lr, more than the continued step does after step 0
+    for seed in (0, 1):
+        run = out / "runs" / "baseline" / f"seed{seed}"
+        base, fb, ft = (read_rows(run), read_rows(run / "cf-baseline-fresh"), read_rows(run / "cf-treatment-fresh"))
+        assert all(r["counterfactual/batch_match"] == 1.0 for r in fb + ft) and len(fb) == len(ft) == 3
+        assert fb[0]["update/norm"] == pytest.approx(base[0]["update/norm"], rel=1e-6)  # step 0: both fresh
+        assert all(f["update/norm"] > b["update/norm"] for f, b in zip(fb[1:], base[1:]))
 
 
 def test_from_run_gives_the_live_verdicts(live, tmp_path):

@@ -143,6 +143,28 @@ def test_quick_plan_and_command_line_overrides(stub_predictors):
     (lambda d: d["treatment"].update({"task.max_new_tokens": 3}), "predict[2].arms", "same batch"),
     (lambda d: d["predict"][0].update(window=[5, 2]), "predict[0].window", "lo < hi"),
     (lambda d: d.pop("treatment"), "predict[0].arms", "unknown arm 'treatment'"),
+    (lambda d: d["predict"][0].update(rivals=[{"value": 1.0}]), "predict[0].rivals[0].label", "missing"),
+    (lambda d: d["predict"][0].update(rivals=[{"label": "x", "value": 1.0, "predictor": "stubpred"}]),
+     "predict[0].rivals[0]", "exactly one of value"),
+    (lambda d: d["predict"][0].update(rivals=[{"label": "x", "predictor": "stubpred"}]),
+     "predict[0].rivals[0].output", "missing"),
+    (lambda d: d["predict"][0].update(rivals=[{"label": "x", "value": 1.0, "colour": 1}]),
+     "predict[0].rivals[0].colour", "allowed here"),
+    (lambda d: d["predict"][0].update(rivals=[{"label": "x", "value": 1.0}, {"label": "x", "value": 2.0}]),
+     "predict[0].rivals[1].label", "duplicate"),
+    (lambda d: d["predict"][0].update(rivals={"label": "x"}), "predict[0].rivals", "expected a list"),
+    (lambda d: d["predict"][2].update(rivals=[{"label": "x", "value": 1.0}]), "predict[2].rivals",
+     "compare = 'ratio' or 'difference'"),
+    (lambda d: d["predict"][0].update(resample="bca"), "predict[0].resample", "allowed: seed_t"),
+    (lambda d: d["run"].update(cold_start="each"), "run.cold_start", "allowed: per_seed, shared"),
+    (lambda d: d["predict"][2].update(shadow_optimizer="zero"), "predict[2].shadow_optimizer",
+     "allowed: continue, fresh"),
+    (lambda d: d["predict"][0].update(shadow_optimizer="fresh"), "predict[0].shadow_optimizer", "allowed here"),
+    (lambda d: d["predict"][0].update(min_r=0.5), "predict[0].min_r", "compare = 'per_step'"),
+    (lambda d: d["predict"][2].update(compare="per_step", direction=None) or d["predict"][2].pop("direction"),
+     "predict[2].predictor", "missing"),
+    (lambda d: d["predict"][2].update(compare="per_step", predictor="stubpred") or d["predict"][2].pop("direction"),
+     "predict[2]", "at least one threshold"),
 ])
 def test_malformed_field_is_named(mutate, field, fragment, stub_predictors):
     spec = copy.deepcopy(VALID)
@@ -291,3 +313,34 @@ def test_at_least_six_hypotheses_ship_and_parse():
         h = H.load(f)  # the real predictor registry
         assert h.claim and h.derivation and h.expected, f
         assert h.quick.steps <= h.plan.steps
+
+
+def test_rivals_cold_starts_and_shadow_optimizer_parse(stub_predictors):
+    spec = copy.deepcopy(VALID)
+    spec["predict"][0]["rivals"] = [{"label": "flat", "value": 1.0},
+                                    {"label": "formula", "predictor": "stubpred", "output": "entropy/delta"}]
+    spec["predict"].append({"kind": "counterfactual", "metric": "update/norm", "compare": "ratio", "value": 1.0,
+                            "tolerance": 0.1, "shadow_optimizer": "fresh", "label": "fresh"})
+    spec["predict"].append({"kind": "counterfactual", "metric": "entropy/delta", "compare": "per_step",
+                            "predictor": "stubpred", "min_r": 0.5, "label": "per step difference"})
+    h = H.parse(to_toml(spec), "h.toml")
+    r = h.predictions[0].rivals
+    assert r[0] == H.Rival("flat", value=1.0) and r[1].pred_key == "pred/stubpred/entropy/delta"
+    # a fresh treatment step is compared with a fresh baseline step: two shadows for that prediction
+    assert h.shadows() == (("baseline", "treatment", "cf-treatment", False),
+                           ("baseline", "treatment", "cf-treatment-fresh", True),
+                           ("baseline", "baseline", "cf-baseline-fresh", True))
+    assert h.predictions[5].predicted.compare == "per_step" and h.predictions[5].min_r == 0.5
+    assert h.predictions[5].pred_key == "pred/stubpred/entropy/delta"
+    assert h.predictions[0].resample == "seed_t"
+    # per-seed cold starts by default: RL seed s starts from sft.seed + s; "shared": all from sft.seed
+    assert h.plan.cold_start == "per_seed"
+    assert [H.arm_config(h, "baseline", h.plan, s).sft.seed for s in (0, 1, 2)] == [0, 1, 2]
+    spec["run"]["cold_start"] = "shared"
+    spec["run"]["set"] = {"sft.seed": 5}
+    h2 = H.parse(to_toml(spec), "h.toml")
+    assert [H.arm_config(h2, "baseline", h2.plan, s).sft.seed for s in (0, 1)] == [5, 5]
+    assert h2.quick.cold_start == "shared"   # [run.quick] inherits [run]'s design
+    spec["run"]["quick"]["cold_start"] = "per_seed"
+    h3 = H.parse(to_toml(spec), "h.toml")
+    assert [H.arm_config(h3, "baseline", h3.quick, s).sft.seed for s in (0, 1)] == [5, 6]

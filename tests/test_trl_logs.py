@@ -103,8 +103,8 @@ def test_shipped_hypothesis_from_external_logs(tmp_path, capsys, stem):
         means.append(sum(lg.rows[s]["entropy/token_mean"] for s in range(2, 12)) / 10)
     assert ab["criteria"][0]["value"] == pytest.approx(means[1] - means[0], rel=1e-9)
     others = [v for k, v in kinds.items() if v[0] == "counterfactual"]
-    assert len(others) == 5 and all(v[1] == "inconclusive" and v[2] == "not judgeable from a log" for v in others)
-    assert r["not_judgeable"] == [0, 1, 2, 3, 4]
+    assert len(others) == 6 and all(v[1] == "inconclusive" and v[2] == "not judgeable from a log" for v in others)
+    assert r["not_judgeable"] == [0, 1, 2, 3, 4, 5]
     assert code == (0 if all(e["verdict"] == "confirmed" for e in r["predictions"]) else 1) == 1
     assert (out / "runs" / "treatment" / "seed0" / "metrics.jsonl").exists()
 

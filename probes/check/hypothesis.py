@@ -14,7 +14,7 @@ Left out on purpose: expressions of any kind (a predicted value is a number or a
 predictor's output, never a formula), and grids of arms (an arm is one named set of overrides;
 a prediction compares one pair of arms).
 
-Size: one schema and its one parser (~600 lines); every field's check sits beside the field it checks,
+Size: one schema and its one parser (~680 lines); every field's check sits beside the field it checks,
 so a user's error message and the schema it cites come from one place.
 """
 from __future__ import annotations
@@ -29,11 +29,16 @@ from typing import Any, Optional
 from solidrl.probes.errors import InputError
 from solidrl.probes.glossary import close_matches, is_known
 
+from .verdict import DEFAULT_METHOD, METHODS
+
 KINDS = ("per_step", "ab", "counterfactual", "trajectory")
-COMPARES = ("direction", "ratio", "difference")
+COMPARES = ("direction", "ratio", "difference", "per_step")
 DIRECTIONS = ("increase", "decrease")
 STATS = ("final", "mean", "auc")
-RESAMPLES = ("seeds", "seeds_and_steps")
+RESAMPLES = METHODS                # interval methods (probes/check/verdict.py); default seed_t
+COLD_STARTS = ("per_seed", "shared")  # [run] cold_start: RL seed s on cold start sft.seed + s, or one for all
+SHADOW_OPTIMIZERS = ("continue", "fresh")  # counterfactual: the shadow continues B's moments, or starts at zero
+PER_STEP_THRESHOLDS = ("min_r", "slope", "min_sign_agreement", "max_median_rel_error")
 # Fields that decide the sampled batch: a counterfactual pair must agree on all of them so that the
 # two updates start from the same weights AND the same tokens.
 SAMPLING_SECTIONS = ("model", "task", "rollout", "sft", "run")
@@ -64,6 +69,9 @@ class Plan:
     overrides: tuple[tuple[str, Any], ...] = ()
     counterfactual_every: int = 1
     """Take the counterfactual treatment step at every N-th step of the baseline run."""
+    cold_start: str = "per_seed"
+    """per_seed: RL seed s starts from cold start sft.seed + s (the seeds' interval covers the
+    starting point); shared: every seed starts from cold start sft.seed."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,20 @@ class Predicted:
 
 
 @dataclass(frozen=True)
+class Rival:
+    """A rival account's predicted value for the same contrast: a number, or a predictor's output."""
+
+    label: str
+    value: Optional[float] = None
+    predictor: Optional[str] = None
+    output: Optional[str] = None
+
+    @property
+    def pred_key(self) -> Optional[str]:
+        return None if self.predictor is None else f"pred/{self.predictor}/{self.output}"
+
+
+@dataclass(frozen=True)
 class Prediction:
     index: int
     kind: str
@@ -96,7 +118,7 @@ class Prediction:
     stat: str = "mean"                        # ab: final | mean | auc
     window: Optional[tuple[int, int]] = None  # [start, stop) in steps
     last: Optional[int] = None                # or: the last N steps
-    resample: str = "seeds_and_steps"         # ab
+    resample: str = DEFAULT_METHOD            # the interval method (verdict.METHODS)
     predictor: Optional[str] = None           # per_step, trajectory
     output: Optional[str] = None              # per_step, trajectory: predictor output (default = metric)
     observed: Optional[str] = None            # trajectory: the observed trajectory metric
@@ -105,6 +127,8 @@ class Prediction:
     min_sign_agreement: Optional[float] = None
     max_median_rel_error: Optional[float] = None
     ratio: Optional[tuple[float, float]] = None  # trajectory: accumulated predicted / observed change
+    rivals: tuple[Rival, ...] = ()            # ab, counterfactual with a tolerance: values a rival predicts
+    shadow_optimizer: str = "continue"        # counterfactual: continue | fresh
     note: str = ""
     predictor_params: tuple[tuple[str, Any], ...] = ()
     """The predictor's parameters ("predictor.<name>" = value in the file); set ones are computed from stats/."""
@@ -135,6 +159,24 @@ class Prediction:
     def arms_used(self) -> tuple[str, ...]:
         return self.arms if self.kind in ("ab", "counterfactual") else (self.arms[0],)
 
+    @property
+    def shadow_dir(self) -> str:
+        """The treatment shadow's folder inside the baseline run: cf-<treatment>[-fresh]."""
+        return f"cf-{self.arms[1]}" + ("" if self.shadow_optimizer == "continue" else f"-{self.shadow_optimizer}")
+
+    @property
+    def baseline_dir(self) -> Optional[str]:
+        """Where the baseline side of a counterfactual is read: None = the baseline run itself; with
+        fresh moments a second shadow with the baseline's config, cf-<baseline>-fresh (a fresh
+        treatment step against the baseline's continued one would compare two optimizer states)."""
+        return None if self.shadow_optimizer == "continue" else f"cf-{self.arms[0]}-{self.shadow_optimizer}"
+
+    def shadow_specs(self) -> tuple[tuple[str, str, bool], ...]:
+        """(arm whose config the shadow takes, folder, fresh moments) of each shadow this prediction reads."""
+        fresh = self.shadow_optimizer == "fresh"
+        specs = ((self.arms[1], self.shadow_dir, fresh),)
+        return specs + (((self.arms[0], self.baseline_dir, fresh),) if self.baseline_dir else ())
+
 
 @dataclass(frozen=True)
 class Hypothesis:
@@ -161,6 +203,15 @@ class Hypothesis:
 
     def counterfactual_pairs(self) -> tuple[tuple[str, str], ...]:
         return tuple(dict.fromkeys(p.arms for p in self.predictions if p.kind == "counterfactual"))
+
+    def shadows(self) -> tuple[tuple[str, str, str, bool], ...]:
+        """Every distinct shadow the counterfactuals read: (baseline arm, config arm, folder, fresh)."""
+        out: dict[tuple[str, str], tuple[str, str, str, bool]] = {}
+        for p in self.predictions:
+            if p.kind == "counterfactual":
+                for arm, d, fresh in p.shadow_specs():
+                    out.setdefault((p.arms[0], d), (p.arms[0], arm, d, fresh))
+        return tuple(out.values())
 
     def arms_to_run(self) -> tuple[str, ...]:
         used = {a for p in self.predictions for a in (p.arms_used() if p.kind != "counterfactual" else p.arms[:1])}
@@ -277,17 +328,17 @@ def predictor_registry():
 
 TOP_KEYS = {"name", "claim", "derivation", "references", "expected", "run", "baseline", "treatment",
             "arms", "predict", "plugins"}
-RUN_KEYS = {"steps", "seeds", "set", "quick", "counterfactual_every", *RUN_SHORTCUTS}
-QUICK_KEYS = {"steps", "seeds", "set", "counterfactual_every", *RUN_SHORTCUTS}
+RUN_KEYS = {"steps", "seeds", "set", "quick", "counterfactual_every", "cold_start", *RUN_SHORTCUTS}
+QUICK_KEYS = {"steps", "seeds", "set", "counterfactual_every", "cold_start", *RUN_SHORTCUTS}
 COMMON_PRED = {"kind", "metric", "label", "note"}
 KIND_KEYS = {
-    "per_step": COMMON_PRED | {"predictor", "output", "arm", "window", "last", "min_r", "slope",
-                               "min_sign_agreement", "max_median_rel_error"},
+    "per_step": COMMON_PRED | {"predictor", "output", "arm", "window", "last", "resample", *PER_STEP_THRESHOLDS},
     "ab": COMMON_PRED | {"arms", "stat", "window", "last", "resample", "compare", "direction",
-                         "value", "predictor", "output", "tolerance"},
-    "counterfactual": COMMON_PRED | {"arms", "window", "last", "compare", "direction", "value",
-                                     "predictor", "output", "tolerance"},
-    "trajectory": COMMON_PRED | {"predictor", "output", "arm", "observed", "window", "last", "ratio"},
+                         "value", "predictor", "output", "tolerance", "rivals", *PER_STEP_THRESHOLDS},
+    "counterfactual": COMMON_PRED | {"arms", "window", "last", "resample", "compare", "direction", "value",
+                                     "predictor", "output", "tolerance", "rivals", "shadow_optimizer",
+                                     *PER_STEP_THRESHOLDS},
+    "trajectory": COMMON_PRED | {"predictor", "output", "arm", "observed", "window", "last", "ratio", "resample"},
 }
 KIND_REQUIRED = {
     "per_step": ("metric", "predictor"),
@@ -438,7 +489,9 @@ def _parse_plan(c: _Checker, run: dict, fld: str, base: Optional[Plan] = None) -
         over[k] = v
     cf = c.integer(run["counterfactual_every"], f"{fld}.counterfactual_every", lo=1) \
         if "counterfactual_every" in run else (base.counterfactual_every if base else 1)
-    return Plan(steps=steps, seeds=seeds, overrides=tuple(over.items()), counterfactual_every=cf)
+    cold = c.choice(run["cold_start"], f"{fld}.cold_start", COLD_STARTS) if "cold_start" in run \
+        else (base.cold_start if base else "per_seed")
+    return Plan(steps=steps, seeds=seeds, overrides=tuple(over.items()), counterfactual_every=cf, cold_start=cold)
 
 
 def _parse_prediction(c: _Checker, p: Any, i: int, arm_names: tuple[str, ...]) -> Prediction:
@@ -475,7 +528,13 @@ def _parse_prediction(c: _Checker, p: Any, i: int, arm_names: tuple[str, ...]) -
         kw["predicted"] = _parse_predicted(c, p, fld)
         if kind == "ab":
             kw["stat"] = c.choice(p.get("stat", "mean"), f"{fld}.stat", STATS)
-            kw["resample"] = c.choice(p.get("resample", "seeds_and_steps"), f"{fld}.resample", RESAMPLES)
+        if kind == "counterfactual" and "shadow_optimizer" in p:
+            kw["shadow_optimizer"] = c.choice(p["shadow_optimizer"], f"{fld}.shadow_optimizer", SHADOW_OPTIMIZERS)
+        if "rivals" in p:
+            kw["rivals"] = _parse_rivals(c, p["rivals"], f"{fld}.rivals", kw["predicted"])
+        given = [k for k in PER_STEP_THRESHOLDS if k in p]
+        if given and kw["predicted"].compare != "per_step":
+            c.fail(f"{fld}.{given[0]}", "per-step thresholds go with compare = 'per_step'")
     else:
         arm = p.get("arm", "baseline")
         c.string(arm, f"{fld}.arm")
@@ -483,7 +542,9 @@ def _parse_prediction(c: _Checker, p: Any, i: int, arm_names: tuple[str, ...]) -
         kw["predictor"] = c.predictor(p["predictor"], f"{fld}.predictor")
         if "output" in p:
             kw["output"] = c.metric(p["output"], f"{fld}.output", glossary=False)
-    if kind == "per_step":
+    if "resample" in p:
+        kw["resample"] = c.choice(p["resample"], f"{fld}.resample", RESAMPLES)
+    if kind == "per_step" or kw.get("predicted") is not None and kw["predicted"].compare == "per_step":
         if "min_r" in p:
             kw["min_r"] = c.number(p["min_r"], f"{fld}.min_r", lo=-1, hi=1)
         if "slope" in p:
@@ -493,8 +554,8 @@ def _parse_prediction(c: _Checker, p: Any, i: int, arm_names: tuple[str, ...]) -
         if "max_median_rel_error" in p:
             kw["max_median_rel_error"] = c.number(p["max_median_rel_error"], f"{fld}.max_median_rel_error", lo=0)
         if not any(k in kw for k in ("min_r", "slope", "min_sign_agreement", "max_median_rel_error")):
-            c.fail(fld, "a per_step prediction needs at least one threshold: "
-                        "min_r, slope, min_sign_agreement, max_median_rel_error")
+            c.fail(fld, "a per-step prediction (kind = 'per_step' or compare = 'per_step') needs at least one "
+                        "threshold: min_r, slope, min_sign_agreement, max_median_rel_error")
     if kind == "trajectory":
         kw["observed"] = c.metric(p["observed"], f"{fld}.observed")
         kw["ratio"] = c.pair(p["ratio"], f"{fld}.ratio")
@@ -514,8 +575,49 @@ def _parse_prediction(c: _Checker, p: Any, i: int, arm_names: tuple[str, ...]) -
     return Prediction(index=i, kind=kind, metric=metric, label=label, note=note, **kw)
 
 
+def _parse_rivals(c: _Checker, v: Any, fld: str, pr: Predicted) -> tuple[Rival, ...]:
+    """rivals = [{label = "...", value = 1.5}, {label = "...", predictor = "...", output = "..."}]."""
+    if pr.compare not in ("ratio", "difference"):
+        c.fail(fld, f"rivals go with compare = 'ratio' or 'difference' and a tolerance (this one is {pr.compare!r})")
+    if not isinstance(v, list):
+        c.fail(fld, f"expected a list of tables [{{label = ..., value = ...}}, ...], got {_show(v)}")
+    out = []
+    for i, r in enumerate(v):
+        f = f"{fld}[{i}]"
+        c.table(r, f)
+        c.keys(r, f, {"label", "value", "predictor", "output"}, required=("label",))
+        label = c.string(r["label"], f"{f}.label")
+        if ("value" in r) == ("predictor" in r):
+            c.fail(f, "a rival needs exactly one of value = <number> or predictor = '<name>' (with output)")
+        if "value" in r:
+            if "output" in r:
+                c.fail(f"{f}.output", "output names a predictor's output; this rival gives a value")
+            out.append(Rival(label, value=c.number(r["value"], f"{f}.value")))
+        else:
+            if "output" not in r:
+                c.fail(f"{f}.output", "missing (required with predictor): the predictor's output key")
+            out.append(Rival(label, predictor=c.predictor(r["predictor"], f"{f}.predictor"),
+                             output=c.metric(r["output"], f"{f}.output")))
+    labels = [r.label for r in out]
+    for i, lab in enumerate(labels):
+        if labels.index(lab) != i:
+            c.fail(f"{fld}[{i}].label", f"duplicate rival label {lab!r}")
+    return tuple(out)
+
+
 def _parse_predicted(c: _Checker, p: dict, fld: str) -> Predicted:
     compare = c.choice(p["compare"], f"{fld}.compare", COMPARES)
+    if compare == "per_step":
+        for k in ("value", "tolerance", "direction"):
+            if k in p:
+                c.fail(f"{fld}.{k}", "compare = 'per_step' takes predictor (+ output) and per-step thresholds "
+                                     "(min_r, slope, min_sign_agreement, max_median_rel_error)")
+        if "predictor" not in p:
+            c.fail(f"{fld}.predictor", "missing (required with compare = 'per_step'): the predictor of the "
+                                       "treatment-minus-baseline difference per step")
+        pred = c.predictor(p["predictor"], f"{fld}.predictor")
+        out = c.metric(p["output"], f"{fld}.output") if "output" in p else None
+        return Predicted(compare, predictor=pred, output=out or c.metric(p["metric"], f"{fld}.metric"))
     if compare == "direction":
         for k in ("value", "predictor", "tolerance", "output"):
             if k in p:
@@ -550,6 +652,8 @@ def arm_config(hyp: Hypothesis, arm: str, plan: Plan, seed: int):
     from dataclasses import replace
 
     over = {**dict(plan.overrides), **hyp.arm(arm), "run.seed": seed, "run.steps": plan.steps}
+    if plan.cold_start == "per_seed":  # the cold start varies with the RL seed: sft.seed + s
+        over["sft.seed"] = int(over.get("sft.seed", TrainConfig().sft.seed)) + seed
     cfg = apply_overrides(TrainConfig(), over)
     return replace(cfg, plugins=tuple((r["path"], r["sha256"]) for r in hyp.plugins))
 
@@ -650,4 +754,5 @@ def metrics_needed(hyp: Hypothesis) -> dict[str, list[tuple[str, str]]]:
 
 __all__ = ["HypothesisError", "Hypothesis", "Plan", "Prediction", "Predicted", "load", "parse",
            "arm_config", "check_configs", "resolve_plan", "window_slice", "metrics_needed",
-           "predictor_registry", "KINDS", "COMPARES", "STATS", "RESAMPLES"]
+           "predictor_registry", "KINDS", "COMPARES", "STATS", "RESAMPLES", "Rival", "COLD_STARTS",
+           "SHADOW_OPTIMIZERS"]

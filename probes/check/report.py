@@ -1,8 +1,9 @@
 """probe-check's outputs: the terminal table (rich), report.json, report.md and plots/*.png (matplotlib Agg).
 
-The input is the result dict built by probes.check.judge_all: JSON-ready, except that each
-prediction may carry a private '_plot' entry with the arrays its figure needs; report.json
-drops those (the arrays are in the run directories' metrics.jsonl).
+The input is the result dict built by probes.check.judge_all: JSON-ready; its 'plot_data'
+({prediction index: the arrays its figure needs}) feeds the plots and is left out of report.json
+(the arrays are in the run directories' metrics.jsonl). The interval level and the verdict names
+come from verdict.py.
 
 Figures, one per prediction:
   ab             the metric's trajectory per arm (mean over seeds, min-max band over seeds), the
@@ -24,7 +25,20 @@ from typing import Any
 
 import numpy as np
 
-COLORS = {"confirmed": "green", "refuted": "red", "inconclusive": "yellow"}
+from .verdict import VERDICTS, level_text
+
+COLORS = dict(zip(VERDICTS, ("green", "red", "yellow")))
+
+
+def verdict_text(entry: dict) -> str:
+    """The verdict as shown: 'confirmed, not severe' for a confirmation a rival would also get,
+    and ', unstable' when the verdict differs between cold starts."""
+    v = entry["verdict"]
+    if v == "confirmed" and entry.get("severe") is False:
+        v = "confirmed, not severe"
+    if entry.get("unstable"):
+        v += ", unstable"
+    return v
 
 
 def _safe(name: str) -> str:
@@ -37,10 +51,10 @@ def write(result: dict[str, Any], out: Path, plots: bool = True) -> dict[str, An
     files: dict[int, str] = {}
     if plots:
         files = write_plots(result, out / "plots")
-    clean = dict(result)
+    clean = {k: v for k, v in result.items() if k != "plot_data"}
     clean["predictions"] = []
     for e in result["predictions"]:
-        e = {k: v for k, v in e.items() if k != "_plot"}
+        e = dict(e)
         if e["index"] in files:
             e["plot"] = files[e["index"]]
         clean["predictions"].append(e)
@@ -66,11 +80,6 @@ def _jsonable(x: Any) -> Any:
 
 
 WIDE = 120  # columns from which the verdict table has one column per field; narrower, one block per prediction
-
-
-def _verdict_text(e: dict) -> str:
-    """The verdict as shown: "confirmed, not severe" when the test could not have refuted it (severe False)."""
-    return "confirmed, not severe" if e["verdict"] == "confirmed" and e.get("severe") is False else e["verdict"]
 
 
 def _claim(h: dict) -> str:
@@ -107,20 +116,20 @@ def print_table(result: dict[str, Any], console=None) -> None:
     console.print(Text(h["name"], style="bold") + Text(title[len(h["name"]):]))
     if console.width >= WIDE:
         t = Table(show_lines=True, expand=False)
-        for col in ("#", "prediction", "predicted", "observed [90% interval]", "verdict"):
+        for col in ("#", "prediction", "predicted", f"observed [{level_text()} interval]", "verdict"):
             t.add_column(col, overflow="fold")
         for n, e in enumerate(preds, 1):
             t.add_row(str(n), Text(f"{e['label']}\n{e['kind']}: {e['metric']} ({' vs '.join(e['arms'])})"),
-                      Text(e["predicted"]), Text(e["observed"]), Text(_verdict_text(e), style=COLORS[e["verdict"]]))
+                      Text(e["predicted"]), Text(e["observed"]), Text(verdict_text(e), style=COLORS[e["verdict"]]))
         console.print(t)
     else:
         w = max(40, console.width)
         for n, e in enumerate(preds, 1):
-            head = Text(f"{n}. ") + Text(_verdict_text(e), style=f"bold {COLORS[e['verdict']]}")
+            head = Text(f"{n}. ") + Text(verdict_text(e), style=f"bold {COLORS[e['verdict']]}")
             console.print(head + Text(_wrap(f"{len(head.plain) * 'x'}  {e['label']}", w, 3)[len(head.plain):]))
             console.print(Text(_wrap(f"   {e['kind']} {e['metric']}: {' vs '.join(e['arms'])}", w, 5), style="dim"))
             console.print(Text(_wrap(f"   predicted  {e['predicted']}", w, 14)))
-            console.print(Text(_wrap(f"   observed   {e['observed']} (90% interval)", w, 14)))
+            console.print(Text(_wrap(f"   observed   {e['observed']} ({level_text()} interval)", w, 14)))
     console.print(Text(f"{s['confirmed']} confirmed, {s['refuted']} refuted, {s['inconclusive']} inconclusive"
                        f" ({result['mode']} mode: {result['steps']} steps, seeds {result['seeds']})"))
     for which, n in group_notes(preds):
@@ -166,11 +175,12 @@ def markdown(r: dict[str, Any]) -> str:
     lines += [f"Mode **{r['mode']}**: {r['steps']} steps, seeds {r['seeds']}; "
               f"**{s['confirmed']} confirmed, {s['refuted']} refuted, {s['inconclusive']} inconclusive** "
               f"(exit code {r['exit_code']})." + (f" Wall time {r['wall_s']} s." if r.get("wall_s") else ""), ""]
-    lines += ["| prediction | kind | predicted | observed [90% interval] | verdict |", "|---|---|---|---|---|"]
+    lines += [f"| prediction | kind | predicted | observed [{level_text()} interval] | verdict |", "|---|---|---|---|---|"]
     for e in r["predictions"]:
         lines.append(f"| {_md_escape(e['label'])} | {e['kind']} `{e['metric']}` | {_md_escape(e['predicted'])} | "
-                     f"{_md_escape(e['observed'])} | **{e['verdict']}** |")
+                     f"{_md_escape(e['observed'])} | **{verdict_text(e)}** |")
     lines.append("")
+    lines += _md_verdict_details(r["predictions"])
     common, own = split_notes(r["predictions"])
     lines += [f"Note (every prediction): {n}" for n in common] + ([""] if common else [])
     for e in r["predictions"]:
@@ -191,9 +201,11 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(f"| ↳ counterfactual {cf['treatment']} | {run['seed']} | {cf['batch_matches']}/{cf['steps']} "
                          f"batches identical | | `{cf['dir']}` |")
     m = r["method"]
-    lines += ["", f"Intervals: {m['interval']} bootstrap, {m['bootstrap_resamples']} resamples, "
-                  f"{int(m['confidence'] * 100)}% level, numpy seed {m['rng_seed']} (deterministic). "
-                  "confirmed = interval inside the prediction, refuted = outside, inconclusive = straddles.", ""]
+    lines += ["", (f"Intervals at the {level_text(m['confidence'])} level; default method {m['default_interval']} "
+                  f"(Student t over per-seed statistics); bootstrap methods: {m['bootstrap_resamples']} resamples, "
+                  f"numpy seed {m['rng_seed']} (deterministic). Cold starts: {r.get('cold_start', 'shared')}. "
+                  "confirmed = interval inside the prediction, refuted = outside, inconclusive = straddles; "
+                  "not severe = a rival or the no-effect value would be confirmed as well."), ""]
     return "\n".join(lines)
 
 
@@ -210,6 +222,26 @@ def _entries_md(r: dict[str, Any]) -> list[str]:
     if r.get("plugins"):
         out += ["## Plugins", ""] + [f"- `{p['path']}` sha256 `{p['sha256']}`" for p in r["plugins"]] + [""]
     return out
+
+
+def _md_verdict_details(preds: list[dict]) -> list[str]:
+    """Severity, per-step skill and per-cold-start verdicts, one line each per prediction that has them."""
+    lines = []
+    for e in preds:
+        parts = []
+        if e.get("severe") is not None:
+            parts.append(f"{'severe' if e['severe'] else 'not severe'}: {e['severity_reason']}")
+        sk = e.get("skill")
+        if sk:
+            f = lambda x: "nan" if x is None else f"{x:.3g}"
+            parts.append(f"per-step skill {f(sk['value'])} [{f(sk['interval'][0])}, {f(sk['interval'][1])}]"
+                         + (" (says nothing beyond its average)" if sk["says_nothing_beyond_average"] else ""))
+        if e.get("by_cold_start"):
+            cs = "; ".join(f"cold start {x['cold_start']}: {x['verdict']}" for x in e["by_cold_start"])
+            parts.append(("**unstable** across cold starts (" if e.get("unstable") else "by cold start (") + cs + ")")
+        if parts:
+            lines.append(f"- **{_md_escape(e['label'])}**: " + "; ".join(_md_escape(x) for x in parts))
+    return lines + ([""] if lines else [])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -238,14 +270,15 @@ def write_plots(result: dict[str, Any], d: Path) -> dict[int, str]:
 
     d.mkdir(parents=True, exist_ok=True)
     files = {}
+    plot_data = result.get("plot_data", {})
     for e in result["predictions"]:
-        pd = e.get("_plot")
+        pd = plot_data.get(e["index"])
         if not pd:
             continue
         fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
         try:
             _draw(ax, e, pd)
-            ax.set_title(f"{e['label']} — {e['verdict']}", fontsize=9, color={"confirmed": "darkgreen",
+            ax.set_title(f"{e['label']} — {verdict_text(e)}", fontsize=9, color={"confirmed": "darkgreen",
                          "refuted": "darkred"}.get(e["verdict"], "black"))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)

@@ -1,9 +1,10 @@
 """probe-check's runs: every (arm, seed) of a hypothesis on the trainer with probes, and the record.
 
 Each (arm, seed) is one ordinary run directory, `<out>/runs/<arm>/seed<s>/` (config.json,
-metrics.jsonl, stats/), with the probes attached. All seeds of all arms share the cached cold
-start, and seed s of every arm sees the same prompts at every step (prompts are drawn from
-(run.seed, step)), which is what makes the A/B bootstrap paired.
+metrics.jsonl, stats/), with the probes attached. Seed s of every arm starts from the same cached
+cold start (sft.seed + s by default, [run] cold_start = "per_seed"; one for all seeds with "shared")
+and sees the same prompts at every step (prompts are drawn from (run.seed, step)), which is what
+makes the A/B comparison paired.
 
 A counterfactual pair (baseline arm B, treatment arm T) runs inside B's runs: before each of B's
 steps, a shadow trainer with T's config takes T's counterfactual step from B's weights and optimizer
@@ -90,8 +91,8 @@ class Shadow:
     baseline's time/*; the shadow's own rows carry theirs.
     """
 
-    def __init__(self, base, cfg_t, out_dir: Path, every: int):
-        self.base, self.every = base, every
+    def __init__(self, base, cfg_t, out_dir: Path, every: int, fresh_optimizer: bool = False):
+        self.base, self.every, self.fresh = base, every, fresh_optimizer
         self.t = Trainer(cfg_t, out_dir, progress=False)
         _attach_probes(self.t)
         self.rows = open(out_dir / "metrics.jsonl", "a")
@@ -109,7 +110,7 @@ class Shadow:
         self.row = None
         if k >= self.base.cfg.run.steps or k % self.every:
             return
-        ctx = self.t.counterfactual_step(self.t.cfg, k, StepFrom.of(self.base))
+        ctx = self.t.counterfactual_step(self.t.cfg, k, StepFrom.of(self.base, optimizer=not self.fresh))
         self.row, self.fp = ctx.metrics, fingerprint(ctx.rollout)
 
     def on_base_step_end(self, ctx) -> None:
@@ -135,6 +136,7 @@ def _run_one(hyp: Hypothesis, arm: str, seed: int, plan: Plan, out: Path, run_di
                            "status": "failed", "reason": None, "counterfactual": []}
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg = hyp_mod.arm_config(hyp, arm, plan, seed)
+    rec["cold_start"] = cfg.sft.seed  # the sft.seed this run started from: the report's per-cold-start verdicts
     t0 = time.perf_counter()
     shadows: list[tuple[str, Shadow]] = []
     try:
@@ -142,11 +144,12 @@ def _run_one(hyp: Hypothesis, arm: str, seed: int, plan: Plan, out: Path, run_di
         rec["probes"] = _attach_probes(trainer)
         if first_of_arm:
             trainer.add_hook("step_end", _metric_check(hyp, arm))
-        for a, b in hyp.counterfactual_pairs():
+        for a, b, folder, fresh in hyp.shadows():
             if a != arm:
                 continue
-            d = run_dir / f"cf-{b}"
-            sh = Shadow(trainer, hyp_mod.arm_config(hyp, b, plan, seed), d, plan.counterfactual_every)
+            d = run_dir / folder
+            sh = Shadow(trainer, hyp_mod.arm_config(hyp, b, plan, seed), d, plan.counterfactual_every,
+                        fresh_optimizer=fresh)
             shadows.append((b, sh))
         for _, sh in shadows:
             sh.attach()
@@ -162,7 +165,8 @@ def _run_one(hyp: Hypothesis, arm: str, seed: int, plan: Plan, out: Path, run_di
         for b, sh in shadows:
             sh.close(rec["status"])
             rec["counterfactual"].append({"treatment": b, "dir": str(sh.t.out.relative_to(out)),
-                                          "steps": sh.total, "batch_matches": sh.matches})
+                                          "steps": sh.total, "batch_matches": sh.matches,
+                                          "shadow_optimizer": "fresh" if sh.fresh else "continue"})
     rec["wall_s"] = round(time.perf_counter() - t0, 2)
     return rec
 
@@ -175,7 +179,7 @@ def run_all(hyp: Hypothesis, plan: Plan, out: Path, progress: bool = True, mode:
     jobs = [(a, s) for a in arms for s in plan.seeds]
     record = {"hypothesis": hyp.name, "file": hyp.file, "mode": mode, "steps": plan.steps,
               "seeds": list(plan.seeds), "overrides": {k: v for k, v in plan.overrides},
-              "counterfactual_every": plan.counterfactual_every, "runs": [],
+              "counterfactual_every": plan.counterfactual_every, "cold_start": plan.cold_start, "runs": [],
               # re-judging (--from-run) reloads these after checking their hashes (trainer/plugins.py)
               "plugins": list(hyp.plugins), "plugin_base": str(Path(hyp.file).resolve().parent)}
     for i, (arm, seed) in enumerate(jobs):
@@ -195,7 +199,8 @@ def run_all(hyp: Hypothesis, plan: Plan, out: Path, progress: bool = True, mode:
 def check_runs_match(hyp: Hypothesis, record: dict, out: Path) -> None:
     """Refuse to re-judge runs made with other arm settings than the hypothesis now states."""
     plan = Plan(steps=record["steps"], seeds=tuple(record["seeds"]),
-                overrides=tuple(record.get("overrides", {}).items()))
+                overrides=tuple(record.get("overrides", {}).items()),
+                cold_start=record.get("cold_start", "shared"))  # records before per-seed cold starts shared one
     for r in record["runs"]:
         if r["arm"] not in hyp.arm_names:
             raise HypothesisError(hyp.file, "", f"--from-run: run {r['dir']} is of arm {r['arm']!r}, "

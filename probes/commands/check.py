@@ -7,9 +7,9 @@
     probe-check ... --report-to tensorboard wandb                 # runs and verdicts to trackers
 
 Each (arm, seed) is one ordinary run directory, `<out>/runs/<arm>/seed<s>/` (config.json,
-metrics.jsonl, stats/), with `solidrl train`'s probe set attached. All seeds of all arms share the cached
-cold start, and seed s of every arm sees the same prompts at every step (prompts are drawn from
-(run.seed, step)), which is what makes the A/B bootstrap paired.
+metrics.jsonl, stats/), with `solidrl train`'s probe set attached. Seed s of every arm starts from the same
+cached cold start (sft.seed + s by default; one for all seeds with [run] cold_start = "shared") and
+sees the same prompts at every step (prompts are drawn from (run.seed, step)): the A/B is paired.
 
 A counterfactual pair (baseline arm B, treatment arm T) runs inside B's runs: before each of B's
 steps, a shadow trainer with T's config is given B's weights and optimizer state and takes that
