@@ -159,7 +159,7 @@ def test_live_run_writes_a_report_with_a_verdict_per_prediction(live):
     pred = np.concatenate([_series(b, "pred/cov_entropy/entropy/delta") for b in B])
     obs = np.concatenate([_series(b, "entropy/delta") for b in B])
     assert np.isfinite(pred).all() and np.isfinite(obs).all()
-    assert pr[3]["criteria"][0]["value"] == np.mean(np.sign(pred) == np.sign(obs))
+    assert pr[3]["criteria"][0]["value"] == pytest.approx(np.mean(np.sign(pred) == np.sign(obs)), abs=1e-12)
     # trajectory: mean predicted one-step change over the mean per-seed least-squares slope of the observed
     slope = np.mean([np.polyfit(np.arange(3.0), _series(b, "entropy/token_mean"), 1)[0] for b in B])
     np.testing.assert_allclose(pr[4]["criteria"][0]["value"], pred.mean() / slope, rtol=1e-9)
