@@ -22,6 +22,9 @@ caught by the loop's guards, kind 'nan') writes `collapse/kind` and `collapse/re
 step's row, stops the run and records {"status": "collapsed", "step", "kind", "reason"} in
 status.json. Rows and checkpoints written before stay as they are (no checkpoint is taken after).
 
+Size: the step, its finite guards and the run/checkpoint/resume contract (status.json never left
+'running', weights_only checkpoints, resume refusals) are one state machine over one Trainer (~510 lines).
+
 Left out on purpose: value functions/GAE (group baselines only), learning-rate schedules (a
 constant lr keeps one-step predictions comparable along a run), sequence packing.
 """
@@ -30,6 +33,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import pickle
+import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +47,13 @@ import torch
 from . import algos
 from .collapse import CollapseDetector
 from .config import ConfigError, TrainConfig, validate
-from .model import DTYPES, MODEL_SIZES, load_pretrained
+from .io import append_line, atomic_write_json, atomic_write_text, clear_run_dir, split_torn_tail
+from .model import DTYPES, MODEL_SIZES, check_model_path, load_pretrained
 from .rollout import Rollout, RolloutEngine, generate, left_pad, response_logits
 from .tasks import TASKS, Problem, get_task
 from .tokenizer import render_prompts
 
+_OVERFLOW = re.compile(r"\b(inf|nan|overflow|non-finite)\b", re.IGNORECASE)
 HOOK_POINTS = ("after_rollout", "after_backward", "after_optimizer_step", "step_end")
 
 
@@ -118,6 +126,7 @@ def check_names(cfg: TrainConfig) -> None:
     algos.KL_ESTIMATORS.check(cfg.algo.kl_estimator)
     algos.CORRECTIONS.check(cfg.offpolicy.correction)
     TASKS.check(cfg.task.name)
+    check_model_path(cfg.model.path)
     if cfg.model.path is None:
         MODEL_SIZES.check(cfg.model.size)
         if TASKS.get(cfg.task.name).chat:
@@ -134,7 +143,7 @@ def _finite_or_raise(x: torch.Tensor, what: str, step: int, out: Path) -> None:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
-                 resume: bool = False):
+                 resume: bool = False, overwrite: bool = False):
         validate(cfg)
         check_names(cfg)
         self.cfg = cfg
@@ -173,12 +182,15 @@ class Trainer:
         self.start_step = 0
         self.version = 0  # optimizer steps taken
         self.status: dict[str, Any] = {"status": "running"}
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.resumed_rows: list[dict[str, Any]] = []  # the rows a resumed run keeps (probes rebuild state from them)
         if resume:
             self._load_checkpoint()
         else:
-            (self.out / "config.json").write_text(cfg.to_json())
-            (self.out / "metrics.jsonl").write_text("")
+            self.out.mkdir(parents=True, exist_ok=True)
+            if overwrite:
+                clear_run_dir(self.out)
+            atomic_write_text(self.out / "config.json", cfg.to_json())
+            atomic_write_text(self.out / "metrics.jsonl", "")
 
     # -- hooks ---------------------------------------------------------------------------------
     def add_hook(self, point: str, fn: Callable[[StepContext], None]) -> None:
@@ -372,6 +384,9 @@ class Trainer:
 
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Run the remaining steps; status.json always ends as finished, collapsed or failed (with the
+        reason), never 'running'. A NaN/Inf anywhere in a step, probes included, is a collapse of kind
+        'nan': its row is written (step, collapse/kind, collapse/reason), earlier rows stay."""
         from tqdm.auto import tqdm
 
         cfg = self.cfg
@@ -384,8 +399,19 @@ class Trainer:
                         row = self.train_step(step)
                     except NonFiniteError as e:  # a NaN collapse: its row holds only the step and why
                         row = {"step": step, "collapse/kind": "nan", "collapse/reason": str(e)}
-                    f.write(json.dumps(row) + "\n")
-                    f.flush()
+                    except (ConfigError, KeyboardInterrupt):
+                        raise
+                    except Exception as e:  # noqa: BLE001 - an op or probe that broke on an overflow
+                        # torch reports overflow as RuntimeError (multinomial on inf probabilities, AdamW's
+                        # step size beyond float32): with non-finite weights or such a message it is a
+                        # NaN collapse, anything else is a failure (status 'failed', re-raised).
+                        msg = str(e).splitlines()[0] if str(e) else ""
+                        if self._weights_finite() and not _OVERFLOW.search(msg):
+                            raise
+                        row = {"step": step, "collapse/kind": "nan", "collapse/reason":
+                               f"step {step}: numeric overflow ({type(e).__name__}: {msg}); metrics up to step "
+                               f"{step - 1} are kept; lower optim.lr or enable a stabilizer"}
+                    append_line(f, json.dumps(row))
                     reason = row.get("collapse/reason")
                     if reason:  # before any checkpoint: the last good one is kept
                         self.status = {"status": "collapsed", "step": step,
@@ -403,16 +429,27 @@ class Trainer:
         except TrainingError as e:
             self.status = {"status": "failed", "step": getattr(e, "step", None), "reason": str(e)}
             raise
+        except KeyboardInterrupt:
+            self.status = {"status": "failed", "reason": "interrupted (KeyboardInterrupt); resume with --resume"}
+            raise
+        except BaseException as e:
+            msg = str(e).splitlines()[0] if str(e) else ""
+            self.status = {"status": "failed", "reason": f"{type(e).__name__}: {msg}"}
+            raise
         finally:
             bar.close()
-            (self.out / "status.json").write_text(json.dumps(self.status, indent=2))
+            atomic_write_json(self.out / "status.json", self.status)
         return self.status
+
+    def _weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, next_step: int) -> None:
         """Write checkpoint/state.pt atomically; weights with a NaN/Inf are not written (the last good
-        checkpoint stays, and the next step's guard records the collapse)."""
-        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+        checkpoint stays, and the next step's guard records the collapse). Everything in it is tensors,
+        numbers, strings, lists and dicts, so it loads with torch.load(weights_only=True)."""
+        if not self._weights_finite():
             return
         d = self.out / "checkpoint"
         d.mkdir(exist_ok=True)
@@ -423,24 +460,48 @@ class Trainer:
         tmp.replace(d / "state.pt")
 
     def _load_checkpoint(self) -> None:
+        """Continue a run: the checkpoint (loaded with weights_only=True; a file that needs pickle is
+        refused), the config (only run.* may change; run.steps not below the steps done), and the rows
+        the checkpoint covers (a torn last line is dropped, with a note on stderr)."""
         path = self.out / "checkpoint" / "state.pt"
         if not path.exists():
             raise ConfigError(f"--resume: no checkpoint at {path}; run without --resume or set run.checkpoint_every")
-        saved_cfg = json.loads((self.out / "config.json").read_text())
-        if saved_cfg != json.loads(self.cfg.to_json()) | {"run": saved_cfg["run"]}:
+        try:
+            saved_cfg = json.loads((self.out / "config.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"--resume: cannot read {self.out / 'config.json'} ({type(e).__name__})") from None
+        if not isinstance(saved_cfg, dict) or saved_cfg != json.loads(self.cfg.to_json()) | {"run": saved_cfg.get("run")}:
             raise ConfigError(f"--resume: the config differs from {self.out / 'config.json'} (only run.* may change)")
-        st = torch.load(path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(st["model"])
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.engine.load_state_dict(st["engine"])
+        try:
+            st = torch.load(path, map_location=self.device, weights_only=True)
+        except pickle.UnpicklingError:
+            raise ConfigError(f"--resume: {path} holds objects that need pickle to load (not a checkpoint this "
+                              "trainer wrote); refused, nothing of it was run") from None
+        except (OSError, RuntimeError, EOFError, ValueError) as e:
+            raise ConfigError(f"--resume: {path} cannot be read ({type(e).__name__}); it is damaged") from None
+        if not isinstance(st, dict) or not {"step", "version", "model", "optimizer", "engine"} <= set(st):
+            raise ConfigError(f"--resume: {path} is not a checkpoint this trainer wrote")
+        if self.cfg.run.steps < st["step"]:
+            raise ConfigError(f"--resume: the checkpoint has {st['step']} steps done and run.steps is "
+                              f"{self.cfg.run.steps}; give --steps >= {st['step']} (a shorter run is a new run: "
+                              "use --overwrite or another --out)")
+        try:
+            self.model.load_state_dict(st["model"])
+            self.optimizer.load_state_dict(st["optimizer"])
+            self.engine.load_state_dict(st["engine"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise ConfigError(f"--resume: {path} does not fit this model ({type(e).__name__})") from None
         self.start_step, self.version = st["step"], st["version"]
         # Keep only the rows the checkpoint covers: the continued run rewrites the rest identically.
-        rows = [ln for ln in (self.out / "metrics.jsonl").read_text().splitlines()
-                if ln.strip() and json.loads(ln)["step"] < self.start_step]
-        (self.out / "metrics.jsonl").write_text("".join(r + "\n" for r in rows))
+        mpath = self.out / "metrics.jsonl"
+        rows, torn = split_torn_tail(mpath.read_text() if mpath.exists() else "", before_step=self.start_step)
+        if torn:
+            print(f"--resume: dropped a torn last line of {mpath} (a write cut short)", file=sys.stderr)
+        atomic_write_text(mpath, "".join(json.dumps(r) + "\n" for r in rows))
         for r in rows:  # the detector's streaks and kl/step history continue where they were
-            self.collapse.check(json.loads(r))
-        (self.out / "config.json").write_text(self.cfg.to_json())
+            self.collapse.check(r)
+        self.resumed_rows = rows
+        atomic_write_text(self.out / "config.json", self.cfg.to_json())
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True, resume: bool = False,

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from solidrl.trainer.io import atomic_write_json, atomic_write_text
+
 COLORS = {"confirmed": "green", "refuted": "red", "inconclusive": "yellow"}
 
 
@@ -44,8 +46,8 @@ def write(result: dict[str, Any], out: Path, plots: bool = True) -> dict[str, An
         if e["index"] in files:
             e["plot"] = files[e["index"]]
         clean["predictions"].append(e)
-    (out / "report.json").write_text(json.dumps(_jsonable(clean), indent=2, allow_nan=False))
-    (out / "report.md").write_text(markdown(clean))
+    atomic_write_json(out / "report.json", _jsonable(clean), allow_nan=False)
+    atomic_write_text(out / "report.md", markdown(clean))
     return clean
 
 

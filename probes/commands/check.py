@@ -38,6 +38,10 @@ from solidrl.probes.check.hypothesis import HypothesisError
 from solidrl.probes.check.judge import judge_all
 from solidrl.probes.check.run import PROG, check_runs_match, load_record, run_all
 from solidrl.probes.errors import InputError
+from solidrl.trainer.config import ConfigError
+from solidrl.trainer.io import atomic_write_json
+
+from .common import USER_OS_ERRNOS, OneLineParser, check_out_dir, one_line
 
 def _seeds(items: list[str]) -> tuple[int, ...]:
     out = []
@@ -52,7 +56,7 @@ def _seeds(items: list[str]) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
+    ap = OneLineParser(prog=PROG, description=__doc__.splitlines()[0],
                                  epilog="Exit code: 0 all confirmed, 1 any refuted/inconclusive, 2 invalid input.")
     ap.add_argument("hypothesis", nargs="?", help="hypothesis TOML file (see docs/probe-check.md)")
     ap.add_argument("--out", help="output directory (default runs/probe-check/<name>[-quick])")
@@ -66,7 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="torch intra-op threads per run (default 1; 0 = torch's default) unless the file sets run.threads")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    ap.add_argument("--validate", action="store_true",
+                    help="check the file, every arm's config, --out and the models without training; "
+                         "exit 0 valid, 2 not; writes nothing")
     return ap
+
+
+def _check_models(hyp, plan) -> None:
+    """Every arm's model.path loads (once per path), before any run directory is made."""
+    from solidrl.trainer.model import ModelLoadError, load_pretrained
+
+    seen = set()
+    for arm in hyp.arms_to_run():
+        cfg = hyp_mod.arm_config(hyp, arm, plan, plan.seeds[0])
+        if cfg.model.path and cfg.model.path not in seen:
+            seen.add(cfg.model.path)
+            try:
+                load_pretrained(cfg.model.path, cfg.model.dtype, "cpu")
+            except ModelLoadError as e:
+                raise HypothesisError(hyp.file, hyp_mod._arm_field(hyp, arm, plan, "model.path"), str(e)) from None
 
 
 def run_check(args) -> int:
@@ -94,10 +116,17 @@ def run_check(args) -> int:
         plan = hyp_mod.resolve_plan(hyp, quick=args.quick, steps=args.steps,
                                     seeds=_seeds(args.seeds) if args.seeds else None, threads=args.threads)
         out = Path(args.out) if args.out else Path("runs") / "probe-check" / (hyp.name + ("-quick" if args.quick else ""))
+        check_out_dir(out)
+        _check_models(hyp, plan)
+        if args.validate:
+            n = len(hyp.arms_to_run()) * len(plan.seeds)
+            print(f"valid: {hyp.name}: {len(hyp.predictions)} predictions, {n} runs of {plan.steps} steps; "
+                  "nothing was written")
+            return 0
         t0 = time.perf_counter()
         record = run_all(hyp, plan, out, progress=not args.quiet, mode="quick" if args.quick else "default")
         record["wall_s"] = round(time.perf_counter() - t0, 1)
-        (out / "plan.json").write_text(json.dumps(record, indent=2))
+        atomic_write_json(out / "plan.json", record)
         src = out
     result = judge_all(hyp, src, record)
     result["wall_s"] = record.get("wall_s")
@@ -112,9 +141,19 @@ def run_check(args) -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.validate and (args.from_run or args.from_log):
+            raise HypothesisError("<command line>", "--validate", "checks a hypothesis file for new runs; "
+                                  "it does not combine with --from-run or --from-log")
         return run_check(args)
-    except InputError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+    except (InputError, ConfigError) as e:
+        print(f"{PROG}: {one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in USER_OS_ERRNOS:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"{PROG}: error: cannot write{one_line(where)}: {e.strerror or e}; free space or choose another "
+              "--out (what was written before is kept)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; the run directories written so far are kept", file=sys.stderr)

@@ -15,19 +15,34 @@ from solidrl.probes.probeset import attach_probes
 from solidrl.trainer.config import ConfigError
 
 from . import audit, ladder, leadtime, plot, transfer
-from .common import add_common, build_config, user_errors
+from .common import OneLineParser, add_common, announce_overrides, build_config, check_out_dir, user_errors
 
 
 @user_errors("solidrl train")
 def cmd_train(args) -> int:
     from solidrl.trainer.loop import Trainer
 
-    cfg = build_config(args)
+    cfg = build_config(args, announce=False)  # every type, range, name, the device, model.path: before anything
     out = Path(args.out)
+    check_out_dir(out)
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; give one")
+    if args.resume and not (out / "checkpoint" / "state.pt").exists():
+        raise ConfigError(f"--resume: no checkpoint at {out / 'checkpoint' / 'state.pt'}; run without --resume")
     if out.exists() and any(out.iterdir()) and not args.resume and not args.overwrite:
         raise ConfigError(f"--out {out} is not empty; pass --resume to continue it, --overwrite to "
-                          "replace its metrics, or another directory")
-    t = Trainer(cfg, out, progress=not args.quiet, resume=args.resume)
+                          "replace its run, or another directory")
+    if args.validate:
+        if cfg.model.path:
+            from solidrl.trainer.model import load_pretrained
+
+            load_pretrained(cfg.model.path, cfg.model.dtype, "cpu")  # ModelLoadError: one line, exit 2
+        announce_overrides(args)
+        print(f"valid: {cfg.task.name} on {cfg.model.path or cfg.model.size}, {cfg.run.steps} steps of "
+              f"{cfg.rollout.prompts_per_step} x {cfg.rollout.group_size} sequences; nothing was written")
+        return 0
+    announce_overrides(args)
+    t = Trainer(cfg, out, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite)
     if cfg.probes.enabled:
         attach_probes(t)
     status = t.run()
@@ -35,7 +50,7 @@ def cmd_train(args) -> int:
     if rows:
         last = rows[-1]
         keys = ["reward/accuracy", "entropy/token_mean", "kl/ref_exact", "grad/norm"]
-        summary = ", ".join(f"{k}={last[k]:.4g}" for k in keys if k in last)
+        summary = ", ".join(f"{k}={last[k]:.4g}" for k in keys if isinstance(last.get(k), (int, float)))
         print(f"{status['status']} after {len(rows)} steps: {summary}; run dir {out}")
     if status["status"] == "collapsed":
         print(f"collapse ({status.get('kind')}) at step {status['step']}: {status['reason']}")
@@ -70,7 +85,10 @@ def _setup_train(p):
     p.add_argument("--steps", type=int)
     p.add_argument("--out", required=True, help="run directory (config.json, metrics.jsonl, stats/, checkpoint/)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in a non-empty --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a non-empty --out (removes the old run's config, metrics, status, stats, checkpoint)")
+    p.add_argument("--validate", action="store_true",
+                   help="check the config, --out and the model without training; exit 0 valid, 2 not; writes nothing")
     p.set_defaults(func=cmd_train)
 
 
@@ -99,7 +117,7 @@ COMMANDS = {
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="solidrl", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="solidrl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name, (setup, help_) in COMMANDS.items():
         setup(sub.add_parser(name, help=help_, description=help_))
