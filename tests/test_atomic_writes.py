@@ -57,17 +57,17 @@ def test_a_failed_write_mid_text_keeps_the_previous_file(tmp_path, monkeypatch):
 
 
 def test_report_write_failure_keeps_the_previous_report(tmp_path, monkeypatch):
-    result = {"hypothesis": "h", "claim": "c", "exit_code": 0, "predictions": [], "runs": []}
-    try:
-        report.write(result, tmp_path, plots=False)
-    except KeyError:  # the minimal result misses a field markdown() reads: write report.json alone
-        tio.atomic_write_json(tmp_path / "report.json", result)
-    good = (tmp_path / "report.json").read_text()
+    result = {"hypothesis": {"name": "h", "claim": "c"}, "mode": "quick", "steps": 2, "seeds": [0],
+              "summary": {"confirmed": 0, "refuted": 0, "inconclusive": 0}, "exit_code": 0, "predictions": [],
+              "runs": [], "method": {"interval": "percentile", "bootstrap_resamples": 10, "confidence": 0.9, "rng_seed": 0}}
+    report.write(result, tmp_path, plots=False)
+    good = {n: (tmp_path / n).read_text() for n in ("report.json", "report.md")}
+    assert json.loads(good["report.json"])["exit_code"] == 0
     monkeypatch.setattr(tio.os, "replace", _enospc)
-    with pytest.raises((OSError, KeyError)):
+    with pytest.raises(OSError):
         report.write(dict(result, exit_code=1), tmp_path, plots=False)
-    assert (tmp_path / "report.json").read_text() == good
-    json.loads(good)
+    assert {n: (tmp_path / n).read_text() for n in good} == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.md"]
 
 
 def test_torn_tail_is_dropped_and_whole_lines_kept():

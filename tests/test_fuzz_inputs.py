@@ -282,3 +282,31 @@ def test_every_shipped_hypothesis_validates(tmp_path, capsys):
         else:
             assert rc == 0, (f, err)
         assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_out_is_one_line_and_nothing_made(tmp_path, monkeypatch):
+    """A read-only --out (simulated: the tests run as root, for whom chmod does not bite) is refused up front."""
+    from solidrl.probes.commands import common
+
+    real = os.access
+    monkeypatch.setattr(common.os, "access", lambda p, m: False if str(p).startswith(str(tmp_path)) else real(p, m))
+    for main, argv in ((cli.main, ["train", "--out", str(tmp_path / "ro" / "out"), "--quiet"]),
+                       (check_cmd.main, [str(SHIPPED[0]), "--out", str(tmp_path / "ro" / "out"), "--quiet"])):
+        rc, err = _run(main, argv)
+        assert rc == 2 and len(err.splitlines()) == 1 and "not writable" in err, err
+        assert not (tmp_path / "ro").exists()
+
+
+def test_a_write_error_mid_run_is_one_line(tmp_path, monkeypatch):
+    """ENOSPC/EROFS from the trainer's first write (config.json) is one line, exit 2."""
+    import errno
+
+    from solidrl.trainer import loop
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "config.json"))
+
+    monkeypatch.setattr(loop, "atomic_write_text", full)
+    rc, err = _run(cli.main, ["train", "--out", str(tmp_path / "out"), "--quiet", "--set", "rollout.prompts_per_step=8",
+                              "--set", "rollout.group_size=4", "--steps", "1"])
+    assert rc == 2 and len(err.splitlines()) == 1 and "No space left" in err, err

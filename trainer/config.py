@@ -40,18 +40,22 @@ class TaskConfig:
     name: str = "addition"
     """Registered task name (see `solidrl tasks`)."""
     max_new_tokens: Optional[int] = None
-    """Response budget; None takes the task's default, chosen so that < 1% of cold-start responses truncate."""
+    """Response budget in [1, MAX_NEW_TOKENS]; None takes the task's default, chosen so that < 1% of
+    cold-start responses truncate (0 is refused, not read as None)."""
 
 
 @dataclass(frozen=True)
 class RolloutConfig:
     prompts_per_step: int = 64
+    """>= 1; prompts_per_step x group_size <= MAX_BATCH_SEQS."""
     group_size: int = 8
-    """Samples per prompt (the GRPO group)."""
+    """Samples per prompt (the GRPO group); >= 2 for the group estimators grpo, rloo, dr_grpo."""
     temperature: float = 1.0
+    """> 0."""
     top_k: int = 0
-    """0 = no top-k truncation (pure sampling from the policy)."""
+    """>= 0; 0 = no top-k truncation (pure sampling from the policy)."""
     top_p: float = 1.0
+    """In (0, 1]; 1 = no nucleus truncation."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,9 @@ class OptimConfig:
     """AdamW's first steps move every weight by ~lr (sign-like), so it is small: 2e-3 halves the
     nano cold start's accuracy in one step, 3e-4 raises it ~10 points in 40 steps (measured)."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """Each in [0, 1)."""
     weight_decay: float = 0.0
+    """>= 0."""
     grad_clip: float = 0.0
     """Max global grad norm; 0 = no clipping (the perfect baseline)."""
 
@@ -133,6 +139,7 @@ class SFTConfig:
     """SFT learning rate; None takes the model size's default (nano 3e-3; micro/small 1e-3: at 3e-3
     micro stalled at pass@1 0.13 after 3000 steps, at 1e-3 it reached 0.42 in 300, measured)."""
     max_steps: int = 3000
+    """In [1, MAX_STEPS]."""
     eval_every: int = 50
     eval_prompts: int = 256
     target_accuracy: float = 0.35
@@ -164,7 +171,9 @@ class ProbesConfig:
 @dataclass(frozen=True)
 class RunConfig:
     steps: int = 40
+    """In [0, MAX_STEPS]."""
     seed: int = 0
+    """In [0, MAX_SEED]."""
     checkpoint_every: int = 0
     """Save a resumable checkpoint every N steps (0 = only at the end)."""
     device: str = "cpu"

@@ -42,6 +42,10 @@ def cmd_train(args) -> int:
               f"{cfg.rollout.prompts_per_step} x {cfg.rollout.group_size} sequences; nothing was written")
         return 0
     announce_overrides(args)
+    if args.quiet:  # no progress bars at all: transformers' weight-loading bar too
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     t = Trainer(cfg, out, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite)
     if cfg.probes.enabled:
         attach_probes(t)
