@@ -23,7 +23,7 @@ step's row, stops the run and records {"status": "collapsed", "step", "kind", "r
 status.json. Rows and checkpoints written before stay as they are (no checkpoint is taken after).
 
 Size: the step, its finite guards and the run/checkpoint/resume contract (status.json never left
-'running', weights_only checkpoints, resume refusals) are one state machine over one Trainer (~510 lines).
+'running', weights_only checkpoints, resume refusals) are one state machine over one Trainer (~540 lines).
 
 Left out on purpose: value functions/GAE (group baselines only), learning-rate schedules (a
 constant lr keeps one-step predictions comparable along a run), sequence packing.
@@ -48,7 +48,7 @@ from . import algos
 from .collapse import CollapseDetector
 from .config import ConfigError, TrainConfig, validate
 from .io import append_line, atomic_write_json, atomic_write_text, clear_run_dir, split_torn_tail
-from .model import DTYPES, MODEL_SIZES, check_model_path, load_pretrained
+from .model import DTYPES, MODEL_SIZES, MODEL_SOURCES, ModelLoadError, load_pretrained
 from .rollout import Rollout, RolloutEngine, generate, left_pad, response_logits
 from .tasks import TASKS, Problem, get_task
 from .tokenizer import render_prompts
@@ -132,6 +132,30 @@ def check_names(cfg: TrainConfig) -> None:
         if TASKS.get(cfg.task.name).chat:
             raise ConfigError(f"task {cfg.task.name!r} is a chat task (prompts go through a chat template) and the "
                               f"char-level size {cfg.model.size!r} has none: add --model smollm2-135m, or pick a raw-text task")
+
+
+def check_model_path(path: Optional[str]) -> None:
+    """model.path exists before anything runs: a registered source name, or a directory with config.json
+    (whether its weights load is load_pretrained's business, called before any run directory is made).
+    Here, not in model.py: model.py's source is part of the cold-start cache key (sft.py)."""
+    if path is None:
+        return
+    if not path.strip():
+        raise ModelLoadError("model.path is empty; give a Hugging Face model directory or a registered name")
+    if path in MODEL_SOURCES:
+        return
+    p = Path(path).expanduser()
+    try:
+        is_dir, has_cfg = p.is_dir(), (p / "config.json").is_file()
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"model.path {path!r}: cannot be read ({type(e).__name__})") from None
+    if not is_dir:
+        known = ", ".join(MODEL_SOURCES.names()) or "none registered"
+        raise ModelLoadError(f"model path {path!r} is not a directory; pass a local Hugging Face model directory "
+                             f"(config.json + weights) or a registered name ({known})")
+    if not has_cfg:
+        raise ModelLoadError(f"{p} has no config.json: not a Hugging Face model directory "
+                             "(save one with model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR))")
 
 
 def _finite_or_raise(x: torch.Tensor, what: str, step: int, out: Path) -> None:
@@ -399,7 +423,7 @@ class Trainer:
                         row = self.train_step(step)
                     except NonFiniteError as e:  # a NaN collapse: its row holds only the step and why
                         row = {"step": step, "collapse/kind": "nan", "collapse/reason": str(e)}
-                    except (ConfigError, KeyboardInterrupt):
+                    except (ConfigError, TrainingError, KeyboardInterrupt):  # a guard's own verdict stands
                         raise
                     except Exception as e:  # noqa: BLE001 - an op or probe that broke on an overflow
                         # torch reports overflow as RuntimeError (multinomial on inf probabilities, AdamW's

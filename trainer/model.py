@@ -12,20 +12,18 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from solidrl.theory.registry import Registry
 
-from .config import ConfigError
 from .tokenizer import build_char_tokenizer
 
 
-class ModelLoadError(ConfigError, RuntimeError):
-    """A model that cannot be built or loaded; the message is one line with the fix. A kind of
-    ConfigError, so config validation (model.path) and every command report it the same way."""
+class ModelLoadError(RuntimeError):
+    """A model that cannot be built or loaded; the message is one line with the fix."""
 
 
 @dataclass(frozen=True)
@@ -68,29 +66,6 @@ def build_model(size: str, vocab_size: int, seed: int, max_len: int = 128,
         torch.manual_seed(seed)
         model = LlamaForCausalLM(cfg)
     return model.to(DTYPES[dtype])
-
-
-def check_model_path(path: Optional[str]) -> None:
-    """model.path exists before anything runs: a registered source name, or a directory with config.json
-    (whether its weights load is load_pretrained's business, called before any run directory is made)."""
-    if path is None:
-        return
-    if not path.strip():
-        raise ModelLoadError("model.path is empty; give a Hugging Face model directory or a registered name")
-    if path in MODEL_SOURCES:
-        return
-    p = Path(path).expanduser()
-    try:
-        is_dir, has_cfg = p.is_dir(), (p / "config.json").is_file()
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"model.path {path!r}: cannot be read ({type(e).__name__})") from None
-    if not is_dir:
-        known = ", ".join(MODEL_SOURCES.names()) or "none registered"
-        raise ModelLoadError(f"model path {path!r} is not a directory; pass a local Hugging Face model directory "
-                             f"(config.json + weights) or a registered name ({known})")
-    if not has_cfg:
-        raise ModelLoadError(f"{p} has no config.json: not a Hugging Face model directory "
-                             "(save one with model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR))")
 
 
 def load_pretrained(path: str, dtype: str = "float32", device: str = "cpu"):

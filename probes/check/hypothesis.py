@@ -539,6 +539,7 @@ def check_configs(hyp: Hypothesis, plans: Optional[tuple[Plan, ...]] = None) -> 
     from solidrl.theory.registry import UnknownNameError
     from solidrl.trainer.config import ConfigError, validate
     from solidrl.trainer.loop import check_names
+    from solidrl.trainer.model import ModelLoadError
 
     for plan in plans or (hyp.plan, hyp.quick):
         for arm in hyp.arm_names:
@@ -546,7 +547,7 @@ def check_configs(hyp: Hypothesis, plans: Optional[tuple[Plan, ...]] = None) -> 
                 cfg = arm_config(hyp, arm, plan, plan.seeds[0])
                 validate(cfg)
                 check_names(cfg)
-            except (ConfigError, UnknownNameError) as e:
+            except (ConfigError, UnknownNameError, ModelLoadError) as e:
                 raise HypothesisError(hyp.file, _arm_field(hyp, arm, plan, str(e)), str(e)) from None
     for a, b in hyp.counterfactual_pairs():
         ca, cb = (arm_config(hyp, x, hyp.plan, 0).to_dict() for x in (a, b))
