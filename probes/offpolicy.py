@@ -70,6 +70,13 @@ class OffPolicyProbe:
         self.spread = _spread_fn()
         self.clip_pred = _clip_frac_predictor()
         self._row: dict[str, Any] = {}
+        # A resumed run: rebuild kl_at from the rows it keeps. Step s starts at version s x updates_per_step
+        # (the trainer's version counts optimizer updates), so the lagged steps' spreads are known again.
+        ups = trainer.cfg.updates_per_step
+        for r in getattr(trainer, "resumed_rows", ()):
+            kl = r.get("kl/step")
+            if isinstance(kl, float) and math.isfinite(kl):
+                self.kl_at[r["step"] * ups] = kl
 
     def attach(self) -> "OffPolicyProbe":
         self.trainer.add_hook("after_rollout", self.after_rollout)

@@ -17,8 +17,8 @@ Nothing is cached across steps. Entropies and KLs are float64 from log_softmax o
 
 Probe groups (cfg.probes.groups, 'all' by default): see GROUPS; the Recorder serves RECORDER_GROUPS,
 probes/probeset.py attaches the other probes by theirs. A quantity that cannot be computed is absent
-from the row, never 0. A non-finite logit in a probe forward stops the run with a one-line
-TrainingError naming the step and the quantity; the rows written so far stay in metrics.jsonl.
+from the row, never 0. A non-finite logit in a probe forward raises the trainer's NonFiniteError:
+the run ends collapsed (kind nan) with that step's row naming the quantity; earlier rows stay.
 
 Left out: gradients of anything but the loss actually minimized (no extra backward passes).
 """
@@ -35,7 +35,7 @@ from torch import Tensor
 
 from solidrl.theory.predictors import PREDICTORS
 from solidrl.trainer.config import ConfigError
-from solidrl.trainer.loop import StepContext, Trainer, TrainingError
+from solidrl.trainer.loop import NonFiniteError, StepContext, Trainer
 from solidrl.trainer.rollout import Rollout, response_logits
 
 from . import metrics as M
@@ -282,9 +282,9 @@ class Recorder:
         with torch.inference_mode():
             logits = response_logits(model, ro)  # the path pi_old came from (groups' prompts run once)
         if not torch.isfinite(logits).all():
-            raise TrainingError(
+            raise NonFiniteError(  # the trainer records it as a collapse of kind 'nan', like its own guards
                 f"step {ctx.step}: non-finite {what} (NaN/Inf); metrics up to step {ctx.step - 1} are kept in "
-                f"{Path(ctx.trainer.out) / 'metrics.jsonl'}; lower optim.lr or enable a stabilizer")
+                f"{Path(ctx.trainer.out) / 'metrics.jsonl'}; lower optim.lr or enable a stabilizer", ctx.step)
         return logits
 
     def _rows(self, ctx: StepContext, sub: Optional[Tensor]) -> tuple[Rollout, Tensor, Tensor, Tensor]:

@@ -20,7 +20,7 @@ from conftest import read_rows, tiny_overrides
 from solidrl.probes import recorder as R
 from solidrl.theory.registry import Registry
 from solidrl.trainer.config import ConfigError, TrainConfig, apply_overrides
-from solidrl.trainer.loop import Trainer, TrainingError, train
+from solidrl.trainer.loop import Trainer, train
 from solidrl.trainer.rollout import response_logits
 
 ROW_KEYS = [
@@ -215,7 +215,8 @@ def test_lr_zero_extra_forward_reproduces_pi_old_exactly(tmp_path):
         assert "update/norm_over_lr" not in r  # not computable at lr = 0: absent, never 0
 
 
-def test_nan_in_probe_forward_stops_the_run_naming_step_and_quantity(tmp_path):
+def test_nan_in_probe_forward_is_a_nan_collapse_naming_step_and_quantity(tmp_path):
+    """A probe never turns a collapse into a failure (issue 16): the run ends collapsed, kind nan."""
     def poison(t):
         def hook(ctx):
             if ctx.step == 1:
@@ -223,13 +224,13 @@ def test_nan_in_probe_forward_stops_the_run_naming_step_and_quantity(tmp_path):
                     ctx.model.lm_head.weight[0, 0] = float("nan")
         t.add_hook("after_optimizer_step", hook)
 
-    with pytest.raises(TrainingError) as e:
-        run(tmp_path, extra_setup=poison)
-    msg = str(e.value)
-    assert "\n" not in msg and msg.startswith("step 1: non-finite new-policy logits")
+    run(tmp_path, extra_setup=poison)
     rows = read_rows(tmp_path)
-    assert [r["step"] for r in rows] == [0] and "kl/step" in rows[0]
-    assert json.loads((tmp_path / "status.json").read_text())["status"] == "failed"
+    assert [r["step"] for r in rows] == [0, 1] and "kl/step" in rows[0]
+    msg = rows[1]["collapse/reason"]
+    assert "\n" not in msg and msg.startswith("step 1: non-finite new-policy logits")
+    st = json.loads((tmp_path / "status.json").read_text())
+    assert st == {"status": "collapsed", "step": 1, "kind": "nan", "reason": msg}
 
 
 def test_probe_groups_every_and_disabled(tmp_path):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -36,18 +38,22 @@ class TaskConfig:
     name: str = "addition"
     """Registered task name (see `solidrl tasks`)."""
     max_new_tokens: Optional[int] = None
-    """Response budget; None takes the task's default, chosen so that < 1% of cold-start responses truncate."""
+    """Response budget in [1, MAX_NEW_TOKENS]; None takes the task's default, chosen so that < 1% of
+    cold-start responses truncate (0 is refused, not read as None)."""
 
 
 @dataclass(frozen=True)
 class RolloutConfig:
     prompts_per_step: int = 64
+    """>= 1; prompts_per_step x group_size <= MAX_BATCH_SEQS."""
     group_size: int = 8
-    """Samples per prompt (the GRPO group)."""
+    """Samples per prompt (the GRPO group); >= 2 for the group estimators grpo, rloo, dr_grpo."""
     temperature: float = 1.0
+    """> 0."""
     top_k: int = 0
-    """0 = no top-k truncation (pure sampling from the policy)."""
+    """>= 0; 0 = no top-k truncation (pure sampling from the policy)."""
     top_p: float = 1.0
+    """In (0, 1]; 1 = no nucleus truncation."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,9 @@ class OptimConfig:
     """AdamW's first steps move every weight by ~lr (sign-like), so it is small: 2e-3 halves the
     nano cold start's accuracy in one step, 3e-4 raises it ~10 points in 40 steps (measured)."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """Each in [0, 1)."""
     weight_decay: float = 0.0
+    """>= 0."""
     grad_clip: float = 0.0
     """Max global grad norm; 0 = no clipping (the perfect baseline)."""
 
@@ -145,6 +153,7 @@ class SFTConfig:
     """SFT learning rate; None takes the model size's default (nano 3e-3; micro/small 1e-3: at 3e-3
     micro stalled at pass@1 0.13 after 3000 steps, at 1e-3 it reached 0.42 in 300, measured)."""
     max_steps: int = 3000
+    """In [1, MAX_STEPS]."""
     eval_every: int = 50
     eval_prompts: int = 256
     target_accuracy: float = 0.35
@@ -176,7 +185,9 @@ class ProbesConfig:
 @dataclass(frozen=True)
 class RunConfig:
     steps: int = 40
+    """In [0, MAX_STEPS]."""
     seed: int = 0
+    """In [0, MAX_SEED]."""
     checkpoint_every: int = 0
     """Save a resumable checkpoint every N steps (0 = only at the end)."""
     device: str = "cpu"
@@ -435,32 +446,123 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     return dataclasses.replace(cfg, plugins=tuple((p["path"], p["sha256"]) for p in plugins))
 
 
-def validate(cfg: TrainConfig) -> None:
-    """Value checks that types alone cannot express (registry names are checked where they live)."""
+# Upper bounds on sizes: far above any run this toolkit makes on one machine (a nano step of
+# 64 x 8 sequences takes ~1 s on a CPU), low enough that a typo such as 1e18 is refused at once
+# rather than hanging in an allocation or running for years. Documented in docs/probe-check.md.
+MAX_BATCH_SEQS = 65_536
+"""rollout.prompts_per_step x rollout.group_size (sequences per step)."""
+MAX_STEPS = 1_000_000
+"""run.steps and sft.max_steps."""
+MAX_NEW_TOKENS = 32_768
+"""task.max_new_tokens."""
+MAX_REUSE = 1_000
+"""offpolicy.epochs, offpolicy.staleness, offpolicy.partial_versions."""
+MAX_SEED = 2**32 - 1
+"""run.seed and sft.seed (sampling seeds are seed * 1_000_003 + step, which must fit 64 bits)."""
+MAX_THREADS = 1_024
+GROUP_ADVANTAGES = ("grpo", "rloo", "dr_grpo")
+"""Advantage estimators that compare the samples of one prompt: they need rollout.group_size >= 2."""
+
+
+def _finite_floats(cfg: TrainConfig) -> None:
+    """Every float field (and tuple of floats) is a finite number: nan and inf are refused by name."""
+    for sec in dataclasses.fields(cfg):
+        obj = getattr(cfg, sec.name)
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            vals = v if isinstance(v, tuple) else (v,)
+            for x in vals:
+                if isinstance(x, float) and not math.isfinite(x):
+                    raise ConfigError(f"{sec.name}.{f.name} must be a finite number, got {v!r}")
+
+
+def check_device(device: str) -> None:
+    """`device` names a torch device this machine has (cpu, cuda, cuda:N, mps): one line otherwise."""
+    m = re.fullmatch(r"(cpu|cuda|mps)(:(\d{1,3}))?", device)
+    if not m:
+        raise ConfigError(f"run.device {device!r} is not a device; use cpu, cuda, cuda:N or mps")
+    kind = m.group(1)
+    if kind == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"run.device {device!r}: CUDA is not available on this machine; use --device cpu")
+        if m.group(3) is not None and int(m.group(3)) >= torch.cuda.device_count():
+            raise ConfigError(f"run.device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if kind == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"run.device {device!r}: MPS is not available on this machine; use --device cpu")
+
+
+def validate(cfg: TrainConfig, check_system: bool = True) -> None:
+    """Every type-independent value check of the config, the one validator for --set, --config and
+    every arm of a hypothesis (registry names are checked where they live: loop.check_names).
+
+    Ranges: see each field's docstring; the size bounds are the MAX_* constants above. With
+    `check_system` the device must exist on this machine (model.path is checked by loop.check_names,
+    beside the other names, through trainer.model.check_model_path).
+    """
+    _finite_floats(cfg)
+    r, a, o, op, s, run, p = cfg.rollout, cfg.algo, cfg.optim, cfg.offpolicy, cfg.sft, cfg.run, cfg.probes
     checks = [
-        (cfg.rollout.prompts_per_step >= 1, "rollout.prompts_per_step must be >= 1"),
-        (cfg.rollout.group_size >= 1, "rollout.group_size must be >= 1"),
-        (cfg.rollout.temperature > 0, "rollout.temperature must be > 0"),
-        (cfg.run.steps >= 0, "run.steps must be >= 0"),
-        (cfg.optim.lr >= 0, "optim.lr must be >= 0"),
-        (cfg.optim.name in ("adamw", "sgd"), f"optim.name {cfg.optim.name!r} unknown; known: adamw, sgd"),
-        (cfg.algo.kl_placement in ("loss", "reward"),
-         f"algo.kl_placement {cfg.algo.kl_placement!r} unknown; known: loss, reward"),
-        (cfg.algo.token_filter in ("all", "top_entropy"),
-         f"algo.token_filter {cfg.algo.token_filter!r} unknown; known: all, top_entropy"),
-        (0 < cfg.algo.token_filter_frac <= 1, "algo.token_filter_frac must be in (0, 1]"),
-        (cfg.offpolicy.mini_batches >= 1, "offpolicy.mini_batches must be >= 1"),
-        (cfg.offpolicy.epochs >= 1, "offpolicy.epochs must be >= 1"),
-        (cfg.offpolicy.staleness >= 0, "offpolicy.staleness must be >= 0"),
-        (cfg.offpolicy.partial_versions >= 1, "offpolicy.partial_versions must be >= 1 (1 = off)"),
-        (cfg.run.collapse_patience >= 1, "run.collapse_patience must be >= 1"),
-        (cfg.run.collapse_entropy_high >= 0 and cfg.run.collapse_entropy_low >= 0
-         and cfg.run.collapse_kl_jump >= 0, "run.collapse_entropy_high/_low and run.collapse_kl_jump must be >= 0 (0 = off)"),
-        (cfg.offpolicy.rollout_dtype in ("float32", "bfloat16", "float16"),
-         f"offpolicy.rollout_dtype {cfg.offpolicy.rollout_dtype!r} unknown; known: float32, bfloat16, float16"),
-        (cfg.offpolicy.logit_noise >= 0, "offpolicy.logit_noise must be >= 0"),
-        (cfg.probes.every >= 1, "probes.every must be >= 1"),
-        (cfg.probes.jvp_every >= 0 and cfg.probes.audit_every >= 0 and cfg.probes.max_states >= 0,
+        (r.prompts_per_step >= 1, "rollout.prompts_per_step must be >= 1"),
+        (r.group_size >= 1, "rollout.group_size must be >= 1"),
+        (r.prompts_per_step * r.group_size <= MAX_BATCH_SEQS,
+         f"rollout.prompts_per_step x rollout.group_size = {r.prompts_per_step * r.group_size} sequences per step "
+         f"is over the bound {MAX_BATCH_SEQS}"),
+        (r.temperature > 0, "rollout.temperature must be > 0"),
+        (r.top_k >= 0, f"rollout.top_k must be >= 0 (0 = off), got {r.top_k}"),
+        (0 < r.top_p <= 1, f"rollout.top_p must be in (0, 1] (1 = off), got {r.top_p}"),
+        (cfg.task.max_new_tokens is None or 1 <= cfg.task.max_new_tokens <= MAX_NEW_TOKENS,
+         f"task.max_new_tokens must be in [1, {MAX_NEW_TOKENS}] (leave it unset for the task's default), "
+         f"got {cfg.task.max_new_tokens}"),
+        (a.advantage not in GROUP_ADVANTAGES or r.group_size >= 2,
+         f"algo.advantage={a.advantage!r} compares the samples of a prompt and needs rollout.group_size >= 2, "
+         f"got {r.group_size}; raise group_size or use reinforce/raw"),
+        (0 <= a.eps_low < 1, f"algo.eps_low must be in [0, 1), got {a.eps_low}"),
+        (a.eps_high >= 0, f"algo.eps_high must be >= 0, got {a.eps_high}"),
+        (a.dual_clip_c > 1, f"algo.dual_clip_c must be > 1, got {a.dual_clip_c}"),
+        (a.kl_coef >= 0, f"algo.kl_coef must be >= 0 (0 = off), got {a.kl_coef}"),
+        (a.entropy_coef >= 0, f"algo.entropy_coef must be >= 0 (0 = off), got {a.entropy_coef}"),
+        (a.hard_prompt_weight >= 0, f"algo.hard_prompt_weight must be >= 0, got {a.hard_prompt_weight}"),
+        (a.kl_placement in ("loss", "reward"), f"algo.kl_placement {a.kl_placement!r} unknown; known: loss, reward"),
+        (a.token_filter in ("all", "top_entropy"),
+         f"algo.token_filter {a.token_filter!r} unknown; known: all, top_entropy"),
+        (0 < a.token_filter_frac <= 1, "algo.token_filter_frac must be in (0, 1]"),
+        (o.name in ("adamw", "sgd"), f"optim.name {o.name!r} unknown; known: adamw, sgd"),
+        (o.lr >= 0, f"optim.lr must be a finite number >= 0, got {o.lr}"),
+        (all(0 <= b < 1 for b in o.betas), f"optim.betas must both be in [0, 1), got {o.betas}"),
+        (o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}"),
+        (o.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0 = off), got {o.grad_clip}"),
+        (1 <= op.mini_batches <= MAX_BATCH_SEQS, "offpolicy.mini_batches must be >= 1"),
+        (1 <= op.epochs <= MAX_REUSE, f"offpolicy.epochs must be in [1, {MAX_REUSE}], got {op.epochs}"),
+        (0 <= op.staleness <= MAX_REUSE, f"offpolicy.staleness must be in [0, {MAX_REUSE}], got {op.staleness}"),
+        (1 <= op.partial_versions <= MAX_REUSE,
+         f"offpolicy.partial_versions must be in [1, {MAX_REUSE}] (1 = off), got {op.partial_versions}"),
+        (op.rollout_dtype in ("float32", "bfloat16", "float16"),
+         f"offpolicy.rollout_dtype {op.rollout_dtype!r} unknown; known: float32, bfloat16, float16"),
+        (op.logit_noise >= 0, "offpolicy.logit_noise must be >= 0"),
+        (op.tis_cap > 0, f"offpolicy.tis_cap must be > 0, got {op.tis_cap}"),
+        (0 <= op.icepop_low <= op.icepop_high, "offpolicy.icepop_low/high: need 0 <= icepop_low <= icepop_high"),
+        (0 <= op.seq_low <= op.seq_high, "offpolicy.seq_low/high: need 0 <= seq_low <= seq_high"),
+        (0 <= s.seed <= MAX_SEED, f"sft.seed must be in [0, {MAX_SEED}], got {s.seed}"),
+        (1 <= s.batch_size <= MAX_BATCH_SEQS, f"sft.batch_size must be in [1, {MAX_BATCH_SEQS}], got {s.batch_size}"),
+        (s.lr is None or s.lr > 0, f"sft.lr must be > 0 (or unset for the size's default), got {s.lr}"),
+        (1 <= s.max_steps <= MAX_STEPS, f"sft.max_steps must be in [1, {MAX_STEPS}], got {s.max_steps}"),
+        (s.eval_every >= 1, f"sft.eval_every must be >= 1, got {s.eval_every}"),
+        (1 <= s.eval_prompts <= MAX_BATCH_SEQS, f"sft.eval_prompts must be in [1, {MAX_BATCH_SEQS}], got {s.eval_prompts}"),
+        (0 <= s.target_accuracy <= 1, f"sft.target_accuracy must be in [0, 1], got {s.target_accuracy}"),
+        (0 <= run.steps <= MAX_STEPS, f"run.steps must be in [0, {MAX_STEPS}], got {run.steps}"),
+        (0 <= run.seed <= MAX_SEED, f"run.seed must be in [0, {MAX_SEED}], got {run.seed}"),
+        (run.checkpoint_every >= 0, f"run.checkpoint_every must be >= 0 (0 = only at the end), got {run.checkpoint_every}"),
+        (0 <= run.threads <= MAX_THREADS, f"run.threads must be in [0, {MAX_THREADS}] (0 = torch's default), got {run.threads}"),
+        (run.collapse_patience >= 1, "run.collapse_patience must be >= 1"),
+        (run.collapse_entropy_high >= 0 and run.collapse_entropy_low >= 0
+         and run.collapse_kl_jump >= 0, "run.collapse_entropy_high/_low and run.collapse_kl_jump must be >= 0 (0 = off)"),
+        (p.every >= 1, "probes.every must be >= 1"),
+        (p.jvp_every >= 0 and p.audit_every >= 0 and p.max_states >= 0,
          "probes.jvp_every, probes.audit_every and probes.max_states must be >= 0 (0 = off / all)"),
         (cfg.model.dtype in ("float32", "float64", "bfloat16"),
          f"model.dtype {cfg.model.dtype!r} unknown; known: float32, float64, bfloat16"),
@@ -468,7 +570,9 @@ def validate(cfg: TrainConfig) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
-    n_seq = cfg.rollout.prompts_per_step * cfg.rollout.group_size
-    if n_seq % cfg.offpolicy.mini_batches:
+    n_seq = r.prompts_per_step * r.group_size
+    if n_seq % op.mini_batches:
         raise ConfigError(
-            f"offpolicy.mini_batches={cfg.offpolicy.mini_batches} must divide prompts_per_step*group_size={n_seq}")
+            f"offpolicy.mini_batches={op.mini_batches} must divide prompts_per_step*group_size={n_seq}")
+    if check_system:
+        check_device(run.device)

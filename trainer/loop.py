@@ -34,6 +34,9 @@ caught by the loop's guards, kind 'nan') writes `collapse/kind` and `collapse/re
 step's row, stops the run and records {"status": "collapsed", "step", "kind", "reason"} in
 status.json. Rows and checkpoints written before stay as they are (no checkpoint is taken after).
 
+Size: the step, its finite guards and the run/checkpoint/resume contract (status.json never left
+'running', weights_only checkpoints, resume refusals) are one state machine over one Trainer (~540 lines).
+
 Left out on purpose: value functions/GAE (group baselines only), learning-rate schedules (a
 constant lr keeps one-step predictions comparable along a run), sequence packing.
 
@@ -46,6 +49,8 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import pickle
+import re
 import sys
 import time
 from pathlib import Path
@@ -59,11 +64,13 @@ from .collapse import CollapseDetector
 from .config import ConfigError, TrainConfig, validate
 from .context import StepContext, StepFrom, correction_params, policy_loss_params
 from .controllers import CONTROLLERS, Controller, controller_row, make_controller
-from .model import MODEL_SIZES, is_terminal, load_pretrained
+from .io import append_line, atomic_write_json, atomic_write_text, clear_run_dir, split_torn_tail
+from .model import MODEL_SIZES, MODEL_SOURCES, ModelLoadError, is_terminal, load_pretrained
 from .rollout import Rollout, RolloutEngine, generate, left_pad, response_logits
 from .tasks import TASKS, Problem, get_task
 from .tokenizer import render_prompts
 
+_OVERFLOW = re.compile(r"\b(inf|nan|overflow|non-finite)\b", re.IGNORECASE)
 HOOK_POINTS = ("after_rollout", "after_backward", "after_optimizer_step", "step_end")
 
 
@@ -96,11 +103,36 @@ def check_names(cfg: TrainConfig) -> None:
         CONTROLLERS.check(cfg.algo.controller)
     for f, _ in cfg.params:  # parameters of the selected entries (docs/plugins.md); ConfigError if stale
         cfg.entry_params(f)
+    check_model_path(cfg.model.path)
     if cfg.model.path is None:
         MODEL_SIZES.check(cfg.model.size)
         if TASKS.get(cfg.task.name).chat:
             raise ConfigError(f"task {cfg.task.name!r} is a chat task (prompts go through a chat template) and the "
                               f"char-level size {cfg.model.size!r} has none: add --model smollm2-135m, or pick a raw-text task")
+
+
+def check_model_path(path: Optional[str]) -> None:
+    """model.path exists before anything runs: a registered source name, or a directory with config.json
+    (whether its weights load is load_pretrained's business, called before any run directory is made).
+    Here, not in model.py: model.py's source is part of the cold-start cache key (sft.py)."""
+    if path is None:
+        return
+    if not path.strip():
+        raise ModelLoadError("model.path is empty; give a Hugging Face model directory or a registered name")
+    if path in MODEL_SOURCES:
+        return
+    p = Path(path).expanduser()
+    try:
+        is_dir, has_cfg = p.is_dir(), (p / "config.json").is_file()
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"model.path {path!r}: cannot be read ({type(e).__name__})") from None
+    if not is_dir:
+        known = ", ".join(MODEL_SOURCES.names()) or "none registered"
+        raise ModelLoadError(f"model path {path!r} is not a directory; pass a local Hugging Face model directory "
+                             f"(config.json + weights) or a registered name ({known})")
+    if not has_cfg:
+        raise ModelLoadError(f"{p} has no config.json: not a Hugging Face model directory "
+                             "(save one with model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR))")
 
 
 def _finite_or_raise(x: torch.Tensor, what: str, step: int, out: Path) -> None:
@@ -112,7 +144,7 @@ def _finite_or_raise(x: torch.Tensor, what: str, step: int, out: Path) -> None:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
-                 resume: bool = False):
+                 resume: bool = False, overwrite: bool = False):
         validate(cfg)
         check_names(cfg)
         self.cfg = cfg
@@ -143,12 +175,15 @@ class Trainer:
         self.start_step = 0
         self.version = 0  # optimizer steps taken
         self.status: dict[str, Any] = {"status": "running"}
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.resumed_rows: list[dict[str, Any]] = []  # the rows a resumed run keeps (probes rebuild state from them)
         if resume:
             self._load_checkpoint()
         else:
-            (self.out / "config.json").write_text(cfg.to_json())
-            (self.out / "metrics.jsonl").write_text("")
+            self.out.mkdir(parents=True, exist_ok=True)
+            if overwrite:
+                clear_run_dir(self.out)
+            atomic_write_text(self.out / "config.json", cfg.to_json())
+            atomic_write_text(self.out / "metrics.jsonl", "")
 
     # -- hooks ---------------------------------------------------------------------------------
     def add_hook(self, point: str, fn: Callable[[StepContext], None], clock: bool = True) -> None:
@@ -437,6 +472,9 @@ class Trainer:
 
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Run the remaining steps; status.json always ends as finished, collapsed or failed (with the
+        reason), never 'running'. A NaN/Inf anywhere in a step, probes included, is a collapse of kind
+        'nan': its row is written (step, collapse/kind, collapse/reason), earlier rows stay."""
         from tqdm.auto import tqdm
 
         cfg = self.cfg
@@ -452,8 +490,19 @@ class Trainer:
                         row = self.train_step(step)
                     except NonFiniteError as e:  # a NaN collapse: its row holds only the step and why
                         row = {"step": step, "collapse/kind": "nan", "collapse/reason": str(e)}
-                    f.write(json.dumps(row) + "\n")
-                    f.flush()
+                    except (ConfigError, TrainingError, KeyboardInterrupt):  # a guard's own verdict stands
+                        raise
+                    except Exception as e:  # noqa: BLE001 - an op or probe that broke on an overflow
+                        # torch reports overflow as RuntimeError (multinomial on inf probabilities, AdamW's
+                        # step size beyond float32): with non-finite weights or such a message it is a
+                        # NaN collapse, anything else is a failure (status 'failed', re-raised).
+                        msg = str(e).splitlines()[0] if str(e) else ""
+                        if self._weights_finite() and not _OVERFLOW.search(msg):
+                            raise
+                        row = {"step": step, "collapse/kind": "nan", "collapse/reason":
+                               f"step {step}: numeric overflow ({type(e).__name__}: {msg}); metrics up to step "
+                               f"{step - 1} are kept; lower optim.lr or enable a stabilizer"}
+                    append_line(f, json.dumps(row))
                     reason = row.get("collapse/reason")
                     if reason:  # before any checkpoint: the last good one is kept
                         self.status = {"status": "collapsed", "step": step,
@@ -471,9 +520,16 @@ class Trainer:
         except TrainingError as e:
             self.status = {"status": "failed", "step": getattr(e, "step", None), "reason": str(e)}
             raise
+        except KeyboardInterrupt:
+            self.status = {"status": "failed", "reason": "interrupted (KeyboardInterrupt); resume with --resume"}
+            raise
+        except BaseException as e:
+            msg = str(e).splitlines()[0] if str(e) else ""
+            self.status = {"status": "failed", "reason": f"{type(e).__name__}: {msg}"}
+            raise
         finally:
             bar.close()
-            (self.out / "status.json").write_text(json.dumps(self.status, indent=2))
+            atomic_write_json(self.out / "status.json", self.status)
             if self.progress and not live:
                 st = self.status
                 done = (st.get("step") if st.get("step") is not None else self.start_step - 1) + 1 - self.start_step
@@ -481,11 +537,15 @@ class Trainer:
                       + "".join(f", {k} {v}" for k, v in post.items()), file=sys.stderr, flush=True)
         return self.status
 
+    def _weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, next_step: int) -> None:
         """Write checkpoint/state.pt atomically; weights with a NaN/Inf are not written (the last good
-        checkpoint stays, and the next step's guard records the collapse)."""
-        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+        checkpoint stays, and the next step's guard records the collapse). Everything in it is tensors,
+        numbers, strings, lists and dicts, so it loads with torch.load(weights_only=True)."""
+        if not self._weights_finite():
             return
         d = self.out / "checkpoint"
         d.mkdir(exist_ok=True)
@@ -497,27 +557,52 @@ class Trainer:
         tmp.replace(d / "state.pt")
 
     def _load_checkpoint(self) -> None:
+        """Continue a run: the checkpoint (loaded with weights_only=True; a file that needs pickle is
+        refused), the config (only run.* may change; run.steps not below the steps done), and the rows
+        the checkpoint covers (a torn last line is dropped, with a note on stderr)."""
         path = self.out / "checkpoint" / "state.pt"
         if not path.exists():
             raise ConfigError(f"--resume: no checkpoint at {path}; run without --resume or set run.checkpoint_every")
-        saved_cfg = json.loads((self.out / "config.json").read_text())
-        saved_cfg.setdefault("params", {}), saved_cfg.setdefault("plugins", [])  # runs from before these fields
-        if saved_cfg != json.loads(self.cfg.to_json()) | {"run": saved_cfg["run"]}:
+        try:
+            saved_cfg = json.loads((self.out / "config.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"--resume: cannot read {self.out / 'config.json'} ({type(e).__name__})") from None
+        if isinstance(saved_cfg, dict):  # runs from before the params/plugins fields
+            saved_cfg.setdefault("params", {}), saved_cfg.setdefault("plugins", [])
+        if not isinstance(saved_cfg, dict) or saved_cfg != json.loads(self.cfg.to_json()) | {"run": saved_cfg.get("run")}:
             raise ConfigError(f"--resume: the config differs from {self.out / 'config.json'} (only run.* may change)")
-        st = torch.load(path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(st["model"])
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.engine.load_state_dict(st["engine"])
+        try:
+            st = torch.load(path, map_location=self.device, weights_only=True)
+        except pickle.UnpicklingError:
+            raise ConfigError(f"--resume: {path} holds objects that need pickle to load (not a checkpoint this "
+                              "trainer wrote); refused, nothing of it was run") from None
+        except (OSError, RuntimeError, EOFError, ValueError) as e:
+            raise ConfigError(f"--resume: {path} cannot be read ({type(e).__name__}); it is damaged") from None
+        if not isinstance(st, dict) or not {"step", "version", "model", "optimizer", "engine"} <= set(st):
+            raise ConfigError(f"--resume: {path} is not a checkpoint this trainer wrote")
+        if self.cfg.run.steps < st["step"]:
+            raise ConfigError(f"--resume: the checkpoint has {st['step']} steps done and run.steps is "
+                              f"{self.cfg.run.steps}; give --steps >= {st['step']} (a shorter run is a new run: "
+                              "use --overwrite or another --out)")
+        try:
+            self.model.load_state_dict(st["model"])
+            self.optimizer.load_state_dict(st["optimizer"])
+            self.engine.load_state_dict(st["engine"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise ConfigError(f"--resume: {path} does not fit this model ({type(e).__name__})") from None
         if self.controller and st.get("controller") is not None:
             self.controller.load_state_dict(st["controller"])
         self.start_step, self.version = st["step"], st["version"]
         # Keep only the rows the checkpoint covers: the continued run rewrites the rest identically.
-        rows = [ln for ln in (self.out / "metrics.jsonl").read_text().splitlines()
-                if ln.strip() and json.loads(ln)["step"] < self.start_step]
-        (self.out / "metrics.jsonl").write_text("".join(r + "\n" for r in rows))
+        mpath = self.out / "metrics.jsonl"
+        rows, torn = split_torn_tail(mpath.read_text() if mpath.exists() else "", before_step=self.start_step)
+        if torn:
+            print(f"--resume: dropped a torn last line of {mpath} (a write cut short)", file=sys.stderr)
+        atomic_write_text(mpath, "".join(json.dumps(r) + "\n" for r in rows))
         for r in rows:  # the detector's streaks and kl/step history continue where they were
-            self.collapse.check(json.loads(r))
-        (self.out / "config.json").write_text(self.cfg.to_json())
+            self.collapse.check(r)
+        self.resumed_rows = rows
+        atomic_write_text(self.out / "config.json", self.cfg.to_json())
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, progress: bool = True, resume: bool = False,

@@ -166,7 +166,8 @@ def run_from_log(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "hypothesis.toml").write_text(hyp.text)
     result = judge_logs(hyp, parse_sources(args.from_log, hyp), out)
-    (out / "plan.json").write_text(json.dumps({k: v for k, v in result.items() if k in ("mode", "steps", "seeds", "runs", "logs")}, indent=2))
+    from solidrl.trainer.io import atomic_write_json
+    atomic_write_json(out / "plan.json", {k: v for k, v in result.items() if k in ("mode", "steps", "seeds", "runs", "logs")})
     report.write(result, out, plots=not args.no_plots)
     report.print_table(result)
     if not args.quiet:

@@ -48,8 +48,16 @@ SAMPLING_FIELDS = ("offpolicy.staleness", "offpolicy.partial_versions", "offpoli
 RUN_SHORTCUTS = {"task": "task.name", "model": "model.size", "prompts_per_step": "rollout.prompts_per_step",
                  "group_size": "rollout.group_size", "max_new_tokens": "task.max_new_tokens",
                  "lr": "optim.lr"}
-_METRIC = re.compile(r"^[a-z][a-z0-9_]*(/[A-Za-z0-9_@.\-]+)+$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# fullmatch, never `$` (which also matches before a final newline: name = "x\n" would pass).
+_METRIC = re.compile(r"[a-z][a-z0-9_]*(/[A-Za-z0-9_@.\-]+)+")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+MAX_NAME = 100
+"""Longest hypothesis or arm name (they name folders; a file name may have at most 255 bytes)."""
+MAX_METRIC = 200
+"""Longest metric name (plots are named after it)."""
+MAX_SEEDS = 1_000
+MAX_FILE_BYTES = 1_000_000
+"""A hypothesis file is a few kB; a bigger one is refused before it is parsed."""
 
 
 class HypothesisError(InputError):
@@ -236,11 +244,13 @@ class _Checker:
             self.fail(fld, "must not be empty")
         return v
 
-    def integer(self, v, fld, lo: Optional[int] = None) -> int:
+    def integer(self, v, fld, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
         if isinstance(v, bool) or not isinstance(v, int):
             self.fail(fld, f"expected an integer, got {_show(v)}")
         if lo is not None and v < lo:
             self.fail(fld, f"must be >= {lo}, got {v}")
+        if hi is not None and v > hi:
+            self.fail(fld, f"must be <= {hi}, got {v}")
         return v
 
     def number(self, v, fld, lo: Optional[float] = None, hi: Optional[float] = None) -> float:
@@ -269,7 +279,7 @@ class _Checker:
     def metric(self, v, fld, glossary: bool = True) -> str:
         """A metric name; with glossary, one docs/metrics.md defines (a predictor's output need not be)."""
         self.string(v, fld)
-        if not _METRIC.match(v):
+        if len(v) > MAX_METRIC or not _METRIC.fullmatch(v):
             self.fail(fld, f"{v!r} is not a metric name; metric names have the form group/name "
                            "(e.g. entropy/delta, grad/norm, reward/accuracy)")
         if glossary and not is_known(v):
@@ -357,9 +367,17 @@ def load(path: str | Path, extra_plugins: tuple = (), plugin_base: Optional[Path
     """
     path = Path(path)
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
+        if path.is_dir():
+            raise HypothesisError(str(path), "", "is a directory; give a hypothesis TOML file")
+        if path.exists() and path.stat().st_size > MAX_FILE_BYTES:
+            raise HypothesisError(str(path), "", f"is over {MAX_FILE_BYTES} bytes; a hypothesis file is a few kB")
+        raw = path.read_bytes()
+    except OSError as e:
         raise HypothesisError(str(path), "", f"cannot read the file ({type(e).__name__}: {e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise HypothesisError(str(path), "", f"not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
     return parse(text, str(path), extra_plugins, plugin_base)
 
 
@@ -390,16 +408,26 @@ def _load_plugins(c: _Checker, doc: dict, file: str, extra: tuple, base: Optiona
 
 def parse(text: str, file: str = "<hypothesis>", extra_plugins: tuple = (),
           plugin_base: Optional[Path] = None) -> Hypothesis:
+    """Validate a hypothesis text; every mistake, however deep or odd, is one HypothesisError."""
+    try:
+        return _parse(text, file, extra_plugins, plugin_base)
+    except RecursionError:
+        raise HypothesisError(file, "", "nested too deeply to be a hypothesis file") from None
+
+
+def _parse(text: str, file: str, extra_plugins: tuple, plugin_base: Optional[Path]) -> Hypothesis:
     c = _Checker(file)
+    if "\x00" in text:
+        c.fail("", "contains a NUL character; a hypothesis file is TOML text")
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise HypothesisError(file, "", f"not valid TOML ({e})") from None
+        raise HypothesisError(file, "", f"not valid TOML ({str(e).splitlines()[0]})") from None
     c.keys(doc, "", TOP_KEYS, required=("name", "claim", "run", "predict"))
     plugin_recs = _load_plugins(c, doc, file, tuple(extra_plugins), plugin_base)  # before any name is looked up
     name = c.string(doc["name"], "name")
-    if not _NAME.match(name):
-        c.fail("name", f"{name!r}: use letters, digits, '_', '-', '.' (it names the output folder)")
+    if len(name) > MAX_NAME or not _NAME.fullmatch(name):
+        c.fail("name", f"{_show(name)}: use up to {MAX_NAME} letters, digits, '_', '-', '.' (it names the output folder)")
     claim = c.string(doc["claim"], "claim")
     derivation = c.string(doc.get("derivation", ""), "derivation", nonempty=False)
     expected = c.string(doc.get("expected", ""), "expected", nonempty=False)
@@ -449,8 +477,8 @@ def _parse_arms(c: _Checker, doc: dict) -> tuple:
     for k, v in extra.items():
         if k in ("baseline", "treatment"):
             c.fail(f"arms.{k}", f"'{k}' is a top-level table ([{k}]), not [arms.{k}]")
-        if not _NAME.match(k):
-            c.fail(f"arms.{k}", "arm names use letters, digits, '_', '-', '.'")
+        if len(k) > MAX_NAME or not _NAME.fullmatch(k):
+            c.fail(f"arms.{_show(k)}", f"arm names use up to {MAX_NAME} letters, digits, '_', '-', '.'")
         tables.append((k, v))
     for name, tbl in tables:
         fld = name if name in ("baseline", "treatment") else f"arms.{name}"
@@ -465,12 +493,14 @@ def _parse_arms(c: _Checker, doc: dict) -> tuple:
 def _parse_plan(c: _Checker, run: dict, fld: str, base: Optional[Plan] = None) -> Plan:
     from solidrl.trainer.config import flatten
 
-    steps = c.integer(run["steps"], f"{fld}.steps", lo=1) if "steps" in run else base.steps
+    from solidrl.trainer.config import MAX_SEED, MAX_STEPS
+
+    steps = c.integer(run["steps"], f"{fld}.steps", lo=1, hi=MAX_STEPS) if "steps" in run else base.steps
     if "seeds" in run:
         seeds = run["seeds"]
-        if not isinstance(seeds, list) or not seeds:
-            c.fail(f"{fld}.seeds", f"expected a non-empty list of integers, got {_show(seeds)}")
-        seeds = tuple(c.integer(s, f"{fld}.seeds[{i}]", lo=0) for i, s in enumerate(seeds))
+        if not isinstance(seeds, list) or not seeds or len(seeds) > MAX_SEEDS:
+            c.fail(f"{fld}.seeds", f"expected a non-empty list of at most {MAX_SEEDS} integers, got {_show(seeds)}")
+        seeds = tuple(c.integer(s, f"{fld}.seeds[{i}]", lo=0, hi=MAX_SEED) for i, s in enumerate(seeds))
         if len(set(seeds)) != len(seeds):
             c.fail(f"{fld}.seeds", f"seeds must be distinct, got {list(seeds)}")
     else:
@@ -678,6 +708,7 @@ def check_configs(hyp: Hypothesis, plans: Optional[tuple[Plan, ...]] = None) -> 
     from solidrl.theory.registry import UnknownNameError
     from solidrl.trainer.config import ConfigError, validate
     from solidrl.trainer.loop import check_names
+    from solidrl.trainer.model import ModelLoadError
 
     for plan in plans or (hyp.plan, hyp.quick):
         for arm in hyp.arm_names:
@@ -685,7 +716,7 @@ def check_configs(hyp: Hypothesis, plans: Optional[tuple[Plan, ...]] = None) -> 
                 cfg = arm_config(hyp, arm, plan, plan.seeds[0])
                 validate(cfg)
                 check_names(cfg)
-            except (ConfigError, UnknownNameError) as e:
+            except (ConfigError, UnknownNameError, ModelLoadError) as e:
                 raise HypothesisError(hyp.file, _arm_field(hyp, arm, plan, str(e)), str(e)) from None
     for a, b in hyp.counterfactual_pairs():
         ca, cb = (arm_config(hyp, x, hyp.plan, 0).to_dict() for x in (a, b))

@@ -61,7 +61,11 @@ class RunData:
 
             fn, vals = reg.get(name), {}
             for f in sorted(stats_dir.glob("step_*.pt")):
-                stats = torch.load(f, map_location="cpu", weights_only=True)
+                try:
+                    stats = torch.load(f, map_location="cpu", weights_only=True)
+                except Exception as e:  # noqa: BLE001 - pickle payloads and damaged files: one line, exit 2
+                    raise HypothesisError(str(f), "", f"refused: not a stats file this toolkit wrote (it needs "
+                                                      f"pickle or is damaged: {type(e).__name__})") from None
                 vals[int(f.stem.split("_")[1])] = {k: float(v) for k, v in fn(stats, **params).items()}
             self._posthoc[cache_key] = vals
         vals = self._posthoc[cache_key]

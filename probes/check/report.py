@@ -17,7 +17,6 @@ Figures, one per prediction:
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from solidrl.trainer.io import atomic_write_json, atomic_write_text
 from .verdict import VERDICTS, level_text
 
 COLORS = dict(zip(VERDICTS, ("green", "red", "yellow")))
@@ -58,8 +58,8 @@ def write(result: dict[str, Any], out: Path, plots: bool = True) -> dict[str, An
         if e["index"] in files:
             e["plot"] = files[e["index"]]
         clean["predictions"].append(e)
-    (out / "report.json").write_text(json.dumps(_jsonable(clean), indent=2, allow_nan=False))
-    (out / "report.md").write_text(markdown(clean))
+    atomic_write_json(out / "report.json", _jsonable(clean), allow_nan=False)
+    atomic_write_text(out / "report.md", markdown(clean))
     return clean
 
 

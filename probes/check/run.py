@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 from solidrl.probes.counterfactual import fingerprint
 from solidrl.probes.probeset import attach_probes
+from solidrl.trainer.io import append_line, atomic_write_json, atomic_write_text
 from solidrl.trainer.loop import StepFrom, Trainer
 
 from . import hypothesis as hyp_mod
@@ -120,14 +121,13 @@ class Shadow:
             self.matches += match
             self.total += 1
             self.row["counterfactual/batch_match"] = float(match)
-            self.rows.write(json.dumps(self.row) + "\n")
-            self.rows.flush()
+            append_line(self.rows, json.dumps(self.row))
         self.step(k + 1)
 
     def close(self, status: str) -> None:
         self.rows.close()
-        (self.t.out / "status.json").write_text(json.dumps(
-            {"status": status, "steps": self.total, "batch_matches": self.matches}, indent=2))
+        atomic_write_json(self.t.out / "status.json",
+                          {"status": status, "steps": self.total, "batch_matches": self.matches})
 
 
 def _run_one(hyp: Hypothesis, arm: str, seed: int, plan: Plan, out: Path, run_dir: Path,
@@ -160,7 +160,7 @@ def _run_one(hyp: Hypothesis, arm: str, seed: int, plan: Plan, out: Path, run_di
     except Exception as e:  # a run that fails mid-way: keep its directory, say which and why
         rec["reason"] = f"{type(e).__name__}: {e}".splitlines()[0]
         if run_dir.exists():
-            (run_dir / "status.json").write_text(json.dumps({"status": "failed", "reason": rec["reason"]}, indent=2))
+            atomic_write_json(run_dir / "status.json", {"status": "failed", "reason": rec["reason"]})
     finally:
         for b, sh in shadows:
             sh.close(rec["status"])
@@ -174,7 +174,7 @@ def _run_one(hyp: Hypothesis, arm: str, seed: int, plan: Plan, out: Path, run_di
 def run_all(hyp: Hypothesis, plan: Plan, out: Path, progress: bool = True, mode: str = "default") -> dict:
     """Run every (arm, seed) the predictions need; returns the record written to out/plan.json."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "hypothesis.toml").write_text(hyp.text)
+    atomic_write_text(out / "hypothesis.toml", hyp.text)
     arms = hyp.arms_to_run()
     jobs = [(a, s) for a in arms for s in plan.seeds]
     record = {"hypothesis": hyp.name, "file": hyp.file, "mode": mode, "steps": plan.steps,
@@ -189,7 +189,7 @@ def run_all(hyp: Hypothesis, plan: Plan, out: Path, progress: bool = True, mode:
                   file=sys.stderr, flush=True)
         rec = _run_one(hyp, arm, seed, plan, out, run_dir, progress, first_of_arm=(seed == plan.seeds[0]))
         record["runs"].append(rec)
-        (out / "plan.json").write_text(json.dumps(record, indent=2))
+        atomic_write_json(out / "plan.json", record)
         if rec["status"] not in USABLE and progress:
             print(f"{PROG}: run {arm}/seed{seed} failed: {rec['reason']} (kept in {run_dir})", file=sys.stderr)
     return record

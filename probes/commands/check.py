@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import time
@@ -54,6 +53,10 @@ from solidrl.probes.check.run import PROG, check_runs_match, load_record, run_al
 from solidrl.probes.errors import InputError
 from solidrl.probes.integrations import trackers
 from solidrl.trainer import plugins
+from solidrl.trainer.config import ConfigError
+from solidrl.trainer.io import atomic_write_json
+
+from .common import USER_OS_ERRNOS, OneLineParser, check_out_dir, one_line
 
 def _seeds(items: list[str]) -> tuple[int, ...]:
     out = []
@@ -98,7 +101,7 @@ def arm_entries(hyp, record: dict) -> dict[str, list[dict]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
+    ap = OneLineParser(prog=PROG, description=__doc__.splitlines()[0],
                                  epilog="Exit code: 0 all confirmed, 1 any refuted/inconclusive, 2 invalid input.")
     ap.add_argument("hypothesis", nargs="?", help="hypothesis TOML file (see docs/probe-check.md)")
     ap.add_argument("--out", help="output directory (default runs/probe-check/<name>[-quick])")
@@ -119,7 +122,25 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--report-to", nargs="+", metavar="NAME",
                     help="send the runs' configs and rows and the verdicts to trackers: tensorboard, wandb, trackio "
                          "(or none), as transformers' report_to; each is an extra: pip install -e '.[NAME]'")
+    ap.add_argument("--validate", action="store_true",
+                    help="check the file, every arm's config, --out and the models without training; "
+                         "exit 0 valid, 2 not; writes nothing")
     return ap
+
+
+def _check_models(hyp, plan) -> None:
+    """Every arm's model.path loads (once per path), before any run directory is made."""
+    from solidrl.trainer.model import ModelLoadError, load_pretrained
+
+    seen = set()
+    for arm in hyp.arms_to_run():
+        cfg = hyp_mod.arm_config(hyp, arm, plan, plan.seeds[0])
+        if cfg.model.path and cfg.model.path not in seen:
+            seen.add(cfg.model.path)
+            try:
+                load_pretrained(cfg.model.path, cfg.model.dtype, "cpu")
+            except ModelLoadError as e:
+                raise HypothesisError(hyp.file, hyp_mod._arm_field(hyp, arm, plan, "model.path"), str(e)) from None
 
 
 def run_check(args) -> int:
@@ -166,10 +187,17 @@ def _run(args, report_to: tuple[str, ...]) -> tuple[int, Path]:
         plan = hyp_mod.resolve_plan(hyp, quick=args.quick, steps=args.steps,
                                     seeds=_seeds(args.seeds) if args.seeds else None, threads=args.threads)
         out = Path(args.out) if args.out else Path("runs") / "probe-check" / (hyp.name + ("-quick" if args.quick else ""))
+        check_out_dir(out)
+        _check_models(hyp, plan)
+        if args.validate:
+            n = len(hyp.arms_to_run()) * len(plan.seeds)
+            print(f"valid: {hyp.name}: {len(hyp.predictions)} predictions, {n} runs of {plan.steps} steps; "
+                  "nothing was written")
+            return 0
         t0 = time.perf_counter()
         record = run_all(hyp, plan, out, progress=not args.quiet, mode="quick" if args.quick else "default")
         record["wall_s"] = round(time.perf_counter() - t0, 1)
-        (out / "plan.json").write_text(json.dumps(record, indent=2))
+        atomic_write_json(out / "plan.json", record)
         src = out
     t0 = time.perf_counter()
     result = judge_all(hyp, src, record)
@@ -196,9 +224,19 @@ def _run(args, report_to: tuple[str, ...]) -> tuple[int, Path]:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.validate and (args.from_run or args.from_log):
+            raise HypothesisError("<command line>", "--validate", "checks a hypothesis file for new runs; "
+                                  "it does not combine with --from-run or --from-log")
         return run_check(args)
-    except InputError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+    except (InputError, ConfigError) as e:
+        print(f"{PROG}: {one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in USER_OS_ERRNOS:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"{PROG}: error: cannot write{one_line(where)}: {e.strerror or e}; free space or choose another "
+              "--out (what was written before is kept)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; the run directories written so far are kept", file=sys.stderr)

@@ -6,7 +6,6 @@ traceback; nothing already written in the run directory is removed (commands/com
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -15,7 +14,8 @@ from solidrl.probes.probeset import attach_probes
 from solidrl.trainer.config import ConfigError
 
 from . import audit, ladder, leadtime, plot, transfer
-from .common import add_common, add_plugin_flag, add_report_to, build_config, user_errors
+from .common import (OneLineParser, add_common, add_plugin_flag, add_report_to, announce_overrides, build_config,
+                     check_out_dir, user_errors)
 
 
 @user_errors("solidrl train")
@@ -23,14 +23,33 @@ def cmd_train(args) -> int:
     from solidrl.probes.integrations import trackers
     from solidrl.trainer.loop import Trainer
 
-    cfg = build_config(args)
+    cfg = build_config(args, announce=False)  # every type, range, name, the device, model.path: before anything
     report_to = trackers.parse_report_to(args.report_to)
     trackers.check_installed(report_to)  # before any training: a missing extra is one line, exit 2
     out = Path(args.out)
+    check_out_dir(out)
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; give one")
+    if args.resume and not (out / "checkpoint" / "state.pt").exists():
+        raise ConfigError(f"--resume: no checkpoint at {out / 'checkpoint' / 'state.pt'}; run without --resume")
     if out.exists() and any(out.iterdir()) and not args.resume and not args.overwrite:
         raise ConfigError(f"--out {out} is not empty; pass --resume to continue it, --overwrite to "
-                          "replace its metrics, or another directory")
-    t = Trainer(cfg, out, progress=not args.quiet, resume=args.resume)
+                          "replace its run, or another directory")
+    if args.validate:
+        if cfg.model.path:
+            from solidrl.trainer.model import load_pretrained
+
+            load_pretrained(cfg.model.path, cfg.model.dtype, "cpu")  # ModelLoadError: one line, exit 2
+        announce_overrides(args)
+        print(f"valid: {cfg.task.name} on {cfg.model.path or cfg.model.size}, {cfg.run.steps} steps of "
+              f"{cfg.rollout.prompts_per_step} x {cfg.rollout.group_size} sequences; nothing was written")
+        return 0
+    announce_overrides(args)
+    if args.quiet:  # no progress bars at all: transformers' weight-loading bar too
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    t = Trainer(cfg, out, progress=not args.quiet, resume=args.resume, overwrite=args.overwrite)
     if cfg.probes.enabled:
         attach_probes(t)
     sent = trackers.attach(t, report_to)
@@ -43,7 +62,7 @@ def cmd_train(args) -> int:
     if rows:
         last = rows[-1]
         keys = ["reward/accuracy", "entropy/token_mean", "kl/ref_exact", "grad/norm"]
-        summary = ", ".join(f"{k}={last[k]:.4g}" for k in keys if k in last)
+        summary = ", ".join(f"{k}={last[k]:.4g}" for k in keys if isinstance(last.get(k), (int, float)))
         print(f"{status['status']} after {len(rows)} steps: {summary}; run dir {out}")
     if status["status"] == "collapsed":
         print(f"collapse ({status.get('kind')}) at step {status['step']}: {status['reason']}")
@@ -78,7 +97,10 @@ def _setup_train(p):
     p.add_argument("--steps", type=int)
     p.add_argument("--out", required=True, help="run directory (config.json, metrics.jsonl, stats/, checkpoint/)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in a non-empty --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a non-empty --out (removes the old run's config, metrics, status, stats, checkpoint)")
+    p.add_argument("--validate", action="store_true",
+                   help="check the config, --out and the model without training; exit 0 valid, 2 not; writes nothing")
     add_report_to(p)
     p.set_defaults(func=cmd_train)
 
@@ -108,7 +130,7 @@ COMMANDS = {
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="solidrl", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="solidrl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name, (setup, help_) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -18,7 +20,26 @@ from solidrl.trainer.config import ConfigError, TrainConfig, apply_overrides, pa
 from solidrl.trainer.loop import TrainingError
 from solidrl.trainer.model import ModelLoadError
 
-__all__ = ["user_errors", "build_config", "add_common", "add_report_to", "add_plugin_flag", "load_plugin_args"]
+__all__ = ["user_errors", "build_config", "add_common", "check_out_dir", "read_toml", "OneLineParser", "one_line",
+           "add_report_to", "add_plugin_flag", "load_plugin_args"]
+
+# OSErrors that are the user's environment (an output folder that cannot be written, a full disk),
+# not a bug: one line and exit 2. Any other OSError keeps its traceback.
+USER_OS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+                  errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP}
+
+
+def one_line(msg: object, limit: int = 2000) -> str:
+    """A message as one line: newlines (a user's key or value may hold them) shown as \\n, cut at `limit`."""
+    s = str(msg).replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (`prog: error: ...; see --help`) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message)}; see {self.prog} --help\n")
 
 
 def user_errors(prog: str) -> Callable:
@@ -31,11 +52,18 @@ def user_errors(prog: str) -> Callable:
                     load_plugin_args(a[0])
                 return fn(*a, **kw)
             except (ConfigError, UnknownNameError, ModelLoadError, FileNotFoundError, InputError) as e:
-                print(f"{prog}: error: {e}", file=sys.stderr)
+                print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
                 return 2
             except TrainingError as e:
-                print(f"{prog}: run failed: {e}", file=sys.stderr)
+                print(f"{prog}: run failed: {one_line(e)}", file=sys.stderr)
                 return 1
+            except OSError as e:
+                if e.errno not in USER_OS_ERRNOS:
+                    raise
+                where = f" {e.filename}" if e.filename else ""
+                print(f"{prog}: error: cannot write{one_line(where)}: {e.strerror or e}; free space or choose another "
+                      "--out (what was written before is kept)", file=sys.stderr)
+                return 2
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted; what was written so far is kept", file=sys.stderr)
                 return 130
@@ -45,18 +73,55 @@ def user_errors(prog: str) -> Callable:
     return deco
 
 
-def build_config(args) -> TrainConfig:
-    """Config from the common flags (--task, --model-size, --model, --steps, --seed) and --set."""
+def read_toml(path: str, what: str = "--config") -> dict:
+    """A TOML file as a dict; every way it can be unreadable (missing, a directory, not UTF-8, not
+    TOML, nested too deep for the parser) is a one-line ConfigError."""
+    import tomllib
+
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {path}: is a directory; give a TOML file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {path}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{what} {path}: cannot read the file ({e.strerror or type(e).__name__})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{what} {path}: not valid TOML ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{what} {path}: nested too deeply to be a config file") from None
+
+
+def check_out_dir(out: Path, flag: str = "--out") -> None:
+    """Refuse an output directory that cannot be one, before anything is created: a file, or a folder
+    (or its nearest existing parent) this process cannot write."""
+    try:
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"{flag} {out} is a file, not a directory; give a directory")
+        probe = out
+        while not probe.exists():
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        if probe.exists() and not probe.is_dir():
+            raise ConfigError(f"{flag} {out}: {probe} is a file, so the directory cannot be made")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise ConfigError(f"{flag} {out}: {probe} is not writable; choose another directory")
+    except OSError as e:
+        raise ConfigError(f"{flag} {out}: {e.strerror or type(e).__name__}") from None
+
+
+def build_config(args, validated: bool = True, announce: bool = True) -> TrainConfig:
+    """Config from the common flags (--task, --model-size, --model, --steps, --seed) and --set,
+    validated (trainer.config.validate and the registry names) unless `validated` is False."""
     over: dict[str, object] = {}
     if getattr(args, "config", None):
-        import tomllib
-
         from solidrl.trainer.config import flatten
 
-        try:
-            over.update(flatten(tomllib.loads(Path(args.config).read_text())))
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{args.config}: not valid TOML ({e})") from None
+        over.update(flatten(read_toml(args.config)))
     for flag, key in (("task", "task.name"), ("model_size", "model.size"), ("model", "model.path"),
                       ("steps", "run.steps"), ("seed", "run.seed"), ("device", "run.device")):
         v = getattr(args, flag, None)
@@ -67,9 +132,16 @@ def build_config(args) -> TrainConfig:
     from solidrl.trainer import plugins
 
     cfg = dataclasses.replace(cfg, plugins=tuple((r["path"], r["sha256"]) for r in plugins.loaded()))
+    if validated:
+        from solidrl.trainer.config import validate
+        from solidrl.trainer.loop import check_names
+
+        validate(cfg)
+        check_names(cfg)
     changed = {k: v for k, v in over.items()}
-    if changed and not getattr(args, "quiet", False):
-        print("overrides: " + ", ".join(f"{k}={v}" for k, v in changed.items()), file=sys.stderr)
+    args.overrides_line = "overrides: " + ", ".join(f"{k}={v}" for k, v in changed.items()) if changed else ""
+    if announce:
+        announce_overrides(args)
     return cfg
 
 
@@ -102,6 +174,12 @@ def load_plugin_args(args) -> None:
         except (json.JSONDecodeError, AttributeError):
             continue  # the command that reads it says what is wrong with it
         plugins.verify(recs, str(cfg_file))
+
+
+def announce_overrides(args) -> None:
+    """The `overrides: ...` line on stderr (after every check passed, so a refusal stays one line)."""
+    if getattr(args, "overrides_line", "") and not getattr(args, "quiet", False):
+        print(args.overrides_line, file=sys.stderr)
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
