@@ -627,7 +627,7 @@ def _parse_rivals(c: _Checker, v: Any, fld: str, pr: Predicted) -> tuple[Rival, 
             if "output" not in r:
                 c.fail(f"{f}.output", "missing (required with predictor): the predictor's output key")
             out.append(Rival(label, predictor=c.predictor(r["predictor"], f"{f}.predictor"),
-                             output=c.metric(r["output"], f"{f}.output")))
+                             output=c.metric(r["output"], f"{f}.output", glossary=False)))
     labels = [r.label for r in out]
     for i, lab in enumerate(labels):
         if labels.index(lab) != i:
@@ -646,7 +646,7 @@ def _parse_predicted(c: _Checker, p: dict, fld: str) -> Predicted:
             c.fail(f"{fld}.predictor", "missing (required with compare = 'per_step'): the predictor of the "
                                        "treatment-minus-baseline difference per step")
         pred = c.predictor(p["predictor"], f"{fld}.predictor")
-        out = c.metric(p["output"], f"{fld}.output") if "output" in p else None
+        out = c.metric(p["output"], f"{fld}.output", glossary=False) if "output" in p else None
         return Predicted(compare, predictor=pred, output=out or c.metric(p["metric"], f"{fld}.metric"))
     if compare == "direction":
         for k in ("value", "predictor", "tolerance", "output"):

@@ -193,7 +193,7 @@ def _run(args, report_to: tuple[str, ...]) -> tuple[int, Path]:
             n = len(hyp.arms_to_run()) * len(plan.seeds)
             print(f"valid: {hyp.name}: {len(hyp.predictions)} predictions, {n} runs of {plan.steps} steps; "
                   "nothing was written")
-            return 0
+            return 0, out
         t0 = time.perf_counter()
         record = run_all(hyp, plan, out, progress=not args.quiet, mode="quick" if args.quick else "default")
         record["wall_s"] = round(time.perf_counter() - t0, 1)
