@@ -39,7 +39,7 @@ class StepContext:
     weights: torch.Tensor            # [S, R] off-policy correction x token weighting's per-token weight
     ref_logits: Optional[torch.Tensor] = None  # [S, R, V] frozen reference, when the trainer computed it
     version: int = 0                 # optimizer updates before this step: the version of pi_old
-    optimizer: Optional[torch.optim.Optimizer] = None  # the optimizer this step updates with
+    optimizer: Optional[torch.optim.Optimizer] = None  # the optimizer this step updates with (default: trainer's)
     # per update (mini-batch); set before after_backward
     update: int = 0
     index: Optional[torch.Tensor] = None      # rows of the batch in this update
@@ -49,6 +49,10 @@ class StepContext:
     loss_parts: dict[str, torch.Tensor] = field(default_factory=dict)
     grad_norm: float = float("nan")
     metrics: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.optimizer is None:  # e.g. the TRL bridge's facade, which carries an optimizer of its own
+            self.optimizer = getattr(self.trainer, "optimizer", None)
 
     @property
     def token_version(self) -> Optional[torch.Tensor]:
