@@ -84,7 +84,8 @@ class StepFrom:
     weights: a model state_dict; optimizer: an optimizer state_dict of kind `optimizer_name` (None:
     a fresh optimizer, the step is its first); version: optimizer updates behind these weights (the
     tokens' lag is measured from it); engine: the rollout engine's state (off-policy engines with
-    their own snapshots); controller: a step controller's state (None: it starts fresh).
+    their own snapshots); controller: the state of a step controller named controller_name (used
+    when the step's config names the same one; otherwise its controller starts fresh).
     """
 
     weights: dict[str, torch.Tensor]
@@ -93,6 +94,7 @@ class StepFrom:
     version: int = 0
     engine: Optional[dict] = None
     controller: Optional[dict] = None
+    controller_name: str = "none"
 
     @classmethod
     def of(cls, t: Any, optimizer: bool = True) -> "StepFrom":
@@ -100,7 +102,7 @@ class StepFrom:
         return cls({k: v.detach().clone() for k, v in t.model.state_dict().items()},
                    copy.deepcopy(t.optimizer.state_dict()) if optimizer else None, t.cfg.optim.name,
                    t.version, copy.deepcopy(t.engine.state_dict()) if t.engine.separate else None,
-                   t.controller.state_dict() if t.controller else None)
+                   t.controller.state_dict() if t.controller else None, t.cfg.algo.controller)
 
 
 def policy_loss_params(cfg: TrainConfig) -> algos.PolicyLossParams:

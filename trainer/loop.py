@@ -250,7 +250,7 @@ class Trainer:
             opt.load_state_dict(st)
         ctrl = make_controller(cfg)
         if ctrl is not None:
-            if start.controller is not None:
+            if start.controller is not None and start.controller_name == cfg.algo.controller:
                 ctrl.load_state_dict(start.controller)
             cfg = ctrl.effective(cfg)
         return self._step(cfg, step, opt, self.hooks if hooks else {p: [] for p in HOOK_POINTS},
