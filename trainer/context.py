@@ -39,7 +39,7 @@ class StepContext:
     weights: torch.Tensor            # [S, R] off-policy correction x token weighting's per-token weight
     ref_logits: Optional[torch.Tensor] = None  # [S, R, V] frozen reference, when the trainer computed it
     version: int = 0                 # optimizer updates before this step: the version of pi_old
-    optimizer: Optional[torch.optim.Optimizer] = None  # the optimizer this step updates with
+    optimizer: Optional[torch.optim.Optimizer] = None  # the optimizer this step updates with (default: trainer's)
     # per update (mini-batch); set before after_backward
     update: int = 0
     index: Optional[torch.Tensor] = None      # rows of the batch in this update
@@ -49,6 +49,10 @@ class StepContext:
     loss_parts: dict[str, torch.Tensor] = field(default_factory=dict)
     grad_norm: float = float("nan")
     metrics: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.optimizer is None:  # e.g. the TRL bridge's facade, which carries an optimizer of its own
+            self.optimizer = getattr(self.trainer, "optimizer", None)
 
     @property
     def token_version(self) -> Optional[torch.Tensor]:
@@ -80,7 +84,8 @@ class StepFrom:
     weights: a model state_dict; optimizer: an optimizer state_dict of kind `optimizer_name` (None:
     a fresh optimizer, the step is its first); version: optimizer updates behind these weights (the
     tokens' lag is measured from it); engine: the rollout engine's state (off-policy engines with
-    their own snapshots); controller: a step controller's state (None: it starts fresh).
+    their own snapshots); controller: the state of a step controller named controller_name (used
+    when the step's config names the same one; otherwise its controller starts fresh).
     """
 
     weights: dict[str, torch.Tensor]
@@ -89,6 +94,7 @@ class StepFrom:
     version: int = 0
     engine: Optional[dict] = None
     controller: Optional[dict] = None
+    controller_name: str = "none"
 
     @classmethod
     def of(cls, t: Any, optimizer: bool = True) -> "StepFrom":
@@ -96,7 +102,7 @@ class StepFrom:
         return cls({k: v.detach().clone() for k, v in t.model.state_dict().items()},
                    copy.deepcopy(t.optimizer.state_dict()) if optimizer else None, t.cfg.optim.name,
                    t.version, copy.deepcopy(t.engine.state_dict()) if t.engine.separate else None,
-                   t.controller.state_dict() if t.controller else None)
+                   t.controller.state_dict() if t.controller else None, t.cfg.algo.controller)
 
 
 def policy_loss_params(cfg: TrainConfig) -> algos.PolicyLossParams:

@@ -294,7 +294,7 @@ class Trainer:
             opt.load_state_dict(st)
         ctrl = make_controller(cfg)
         if ctrl is not None:
-            if start.controller is not None:
+            if start.controller is not None and start.controller_name == cfg.algo.controller:
                 ctrl.load_state_dict(start.controller)
             cfg = ctrl.effective(cfg)
         return self._step(cfg, step, opt, self.hooks if hooks else {p: [] for p in HOOK_POINTS},
@@ -326,36 +326,10 @@ class Trainer:
         return problems, ro, texts, correct
 
     def _prepare(self, cfg, step, problems, ro, texts, correct, opt, version):
-        """Phase 2: pi_old (and pi_ref) on the batch, rewards, advantages, loss mask and token weights.
-
-        pi_old: off-policy (or when a reward term or the entropy filter needs it before the update) a
-        no-grad forward; fully on-policy, the first update's own forward, computed here with its graph
-        and handed to the update (`first`), so pi_old = logp.detach() and the ratio is 1 bit for bit.
-        """
+        """Phase 2: pi_old (and pi_ref) on the batch, rewards, advantages, loss mask and token weights."""
         a, ids, resp_mask = cfg.algo, ro.response_ids, ro.response_mask
         S, G = len(problems), cfg.rollout.group_size
-        need_old_forward = not cfg.fully_on_policy or (a.kl_coef > 0 and a.kl_placement == "reward") \
-            or a.token_filter != "all"
-        first = None
-        if need_old_forward:
-            with torch.no_grad():
-                old_logits = response_logits(self.model, ro).float()
-            _finite_or_raise(old_logits, "policy logits", step, self.out)
-            old_logp = self._policy_logp(old_logits, ids)
-        ref_logits = None
-        if a.kl_coef > 0:
-            with torch.no_grad():
-                ref_logits = response_logits(self.ref_model, ro).float()
-        if not need_old_forward:  # fully on-policy (mini_batches = epochs = 1): the one update's forward
-            idx = torch.arange(S).to(self.device)
-            sub = ro.select(idx)
-            logits = response_logits(self.model, sub).float()
-            _finite_or_raise(logits.detach(), "policy logits", step, self.out)
-            logp = self._policy_logp(logits, sub.response_ids)
-            logp.retain_grad()
-            first = (idx, sub, logits, logp)
-            old_logits, old_logp = logits.detach(), logp.detach()
-
+        old_logits, old_logp, ref_logits, first = self._forwards(cfg, step, ro)
         sb = shaping.ShapingBatch(correct=correct, lengths=ro.lengths, response_ids=ids, mask=resp_mask,
                                   group_size=G, budget=self.budget, old_logits=old_logits,
                                   old_logp=old_logp, ref_logits=ref_logits, kl_estimator=a.kl_estimator)
@@ -366,7 +340,7 @@ class Trainer:
         if tw.seq is not None:
             adv = adv * tw.seq
         mask = resp_mask.clone() if tw.keep is None else resp_mask.clone() * tw.keep
-        if need_old_forward:
+        if first is None:  # pi_old from its own forward: pi_old / pi_rollout as the correction weighs it
             weights = algos.CORRECTIONS.get(cfg.offpolicy.correction)(
                 old_logp - ro.rollout_logp, resp_mask, correction_params(cfg),
                 **cfg.entry_params("offpolicy.correction"))
@@ -379,6 +353,38 @@ class Trainer:
                           old_logp=old_logp, weights=weights, ref_logits=ref_logits, version=version,
                           optimizer=opt)
         return ctx, first
+
+    def _forwards(self, cfg: TrainConfig, step: int, ro: Rollout):
+        """pi_old, log pi_old(a), pi_ref on the batch, and the first update's forward when prepare ran it.
+
+        Off-policy (or when a reward term or the entropy filter needs pi_old before the update): a
+        no-grad forward. Fully on-policy: the one update's own forward (mini_batches = epochs = 1, so
+        its rows are the whole batch) with its graph, handed to the update as `first`; pi_old is its
+        detach, so the ratio is 1 bit for bit.
+        """
+        a, S = cfg.algo, ro.response_ids.shape[0]
+        need_old_forward = not cfg.fully_on_policy or (a.kl_coef > 0 and a.kl_placement == "reward") \
+            or a.token_filter != "all"
+        first = None
+        if need_old_forward:
+            with torch.no_grad():
+                old_logits = response_logits(self.model, ro).float()
+            _finite_or_raise(old_logits, "policy logits", step, self.out)
+            old_logp = self._policy_logp(old_logits, ro.response_ids)
+        ref_logits = None
+        if a.kl_coef > 0:
+            with torch.no_grad():
+                ref_logits = response_logits(self.ref_model, ro).float()
+        if not need_old_forward:
+            idx = torch.arange(S).to(self.device)
+            sub = ro.select(idx)
+            logits = response_logits(self.model, sub).float()
+            _finite_or_raise(logits.detach(), "policy logits", step, self.out)
+            logp = self._policy_logp(logits, sub.response_ids)
+            logp.retain_grad()
+            first = (idx, sub, logits, logp)
+            old_logits, old_logp = logits.detach(), logp.detach()
+        return old_logits, old_logp, ref_logits, first
 
     def _update(self, ctx: StepContext, opt, hooks, first) -> tuple[list[float], list[float]]:
         """Phase 3: epochs x mini-batches of forward, loss, backward, after_backward, optimizer step."""
