@@ -33,13 +33,14 @@ import torch
 from torch import Tensor
 
 from solidrl.theory.predictors import PREDICTORS
+from solidrl.trainer.algos import GRPO_STD_EPS
 from solidrl.trainer.config import ConfigError
 from solidrl.trainer.loop import StepContext, Trainer, TrainingError
 from solidrl.trainer.rollout import Rollout, response_logits
 
 from . import metrics as M
 
-__all__ = ["GROUPS", "Recorder", "attach", "parse_groups", "load_predictors", "PASS_KS"]
+__all__ = ["GROUPS", "Recorder", "attach", "parse_groups", "load_predictors", "PASS_KS", "run_scalars"]
 
 F64 = torch.float64
 
@@ -74,6 +75,19 @@ def parse_groups(spec: str) -> frozenset[str]:
 def load_predictors() -> dict[str, Callable[[dict[str, Tensor]], dict[str, float]]]:
     """name -> fn(stats) for every predictor registered in solidrl.theory.predictors.PREDICTORS."""
     return {n: PREDICTORS.get(n) for n in PREDICTORS.names()}
+
+
+def run_scalars(cfg) -> dict[str, Tensor]:
+    """The run's settings the predictors read, as 0-d float64 stats (docs/contracts.md, "Scalars").
+
+    Written into every step's stats so `pred/*` follow the run's config (algo.eps_low / eps_high,
+    offpolicy.tis_cap / icepop_low / icepop_high, the trainer's GRPO epsilon); lr and group_size
+    are written beside them by the recorder (lr from the optimizer: what the step actually used).
+    """
+    a, o = cfg.algo, cfg.offpolicy
+    vals = {"eps_low": a.eps_low, "eps_high": a.eps_high, "tis_cap": o.tis_cap, "icepop_low": o.icepop_low,
+            "icepop_high": o.icepop_high, "grpo_std_eps": GRPO_STD_EPS}
+    return {k: torch.tensor(float(v), dtype=F64) for k, v in vals.items()}
 
 
 @dataclass
@@ -338,6 +352,7 @@ class Recorder:
             "lr": torch.tensor(float(ctx.optimizer.param_groups[0]["lr"]), dtype=F64),
             "group_size": torch.tensor(G), "vocab_size": torch.tensor(ctx.old_logits.shape[-1]),
             "grad_norm": torch.tensor(float(ctx.metrics.get("grad/norm", ctx.grad_norm)), dtype=F64),
+            **run_scalars(ctx.cfg),
         }
         if coef is not None:
             stats["coef"] = coef[loss_tok]

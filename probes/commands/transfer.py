@@ -82,6 +82,7 @@ class _SecondPass:
         from solidrl.trainer.rollout import response_logits
 
         from solidrl.probes import metrics as M
+        from solidrl.probes.recorder import run_scalars
 
         ro = ctx.rollout
         m = ctx.mask > 0
@@ -90,7 +91,7 @@ class _SecondPass:
         adv = ctx.advantages[:, None].expand_as(m)[m].double()
         a = ctx.cfg.algo
         obs = M.ratio_stats(log_ratio, adv, a.eps_low, a.eps_high, a.dual_clip_c)
-        pred = PREDICTORS.get("clip_frac")({"log_ratio": log_ratio, "adv": adv}, eps=a.eps_low, eps_high=a.eps_high)
+        pred = PREDICTORS.get("clip_frac")({"log_ratio": log_ratio, "adv": adv, **run_scalars(ctx.cfg)})
         if "clip_frac" in obs and "ratio/clip_frac" in pred:
             ctx.metrics["second_pass/clip_frac"] = obs["clip_frac"]
             ctx.metrics["pred/clip_frac/second_pass/clip_frac"] = pred["ratio/clip_frac"]
