@@ -150,6 +150,26 @@ res = np.abs(np.array(meas) - np.array(pred))
 plt.loglog(lrs, res, "o-", label="|measured - jvp|"); plt.loglog(lrs, np.abs(pred), "--", label="|jvp prediction|")
 plt.xlabel("lr"); plt.legend(); plt.show()
 print("residual slope", np.polyfit(np.log(lrs), np.log(res), 1)[0])"""),
+    ("md", "## jvp2\nSecond-order logits $\\tilde z = z + dz_1 + \\tfrac12 dz_2$ along the step ($dz_2$ by a jvp of a jvp) and the *exact* entropy and KL on $\\tilde z$. On the same Llama, swept over the step size: the residual after a k-th order predictor shrinks at least like $\\eta^{k+1}$: jvp's has slope 2 (dH) and at least 3 (KL), jvp2's at least 3 and 4 (`kernel.ORDERS`; `kernel.residual_order` reads the slopes)."),
+    ("code", """\
+show(kernel.derive_jvp2())
+def KLrows(z0, z1):
+    l0, l1 = torch.log_softmax(z0, -1), torch.log_softmax(z1, -1)
+    return float((l0.exp() * (l0 - l1)).sum(-1).mean())
+lrs = np.array([4e-3, 2e-3, 1e-3, 5e-4])
+res = {k: [] for k in ("jvp dH", "jvp KL", "jvp2 dH", "jvp2 KL")}
+for lr in lrs:
+    d = {n: -lr * t for n, t in grad.items()}
+    z0, a, b = kernel.jvp2_logit_change(model, ids, mask, pos, d, sel)
+    z1 = logits_after(grad, -lr)
+    dH, kl_ = float((H(z1) - H(z0)).mean()), KLrows(z0, z1)
+    cov, var = kernel.linearized_stats(z0, a)
+    p1 = PREDICTORS.get("jvp")({"jvp_cov": cov, "jvp_var": var}); p2 = PREDICTORS.get("jvp2")(kernel.expanded_stats(z0, a, b))
+    res["jvp dH"].append(abs(p1["entropy/delta"] - dH)); res["jvp KL"].append(abs(p1["kl/step"] - kl_))
+    res["jvp2 dH"].append(abs(p2["entropy/delta"] - dH)); res["jvp2 KL"].append(abs(p2["kl/step"] - kl_))
+for k, v in res.items():
+    plt.loglog(lrs, v, "o-", label=k); print(k, "slopes", np.round(kernel.residual_order(v), 2))
+plt.xlabel("lr"); plt.ylabel("|residual|"); plt.legend(); plt.title("jvp vs jvp2 residuals (eager attention: float32 floor ~1e-9)"); plt.show()"""),
     ("md", "## kernel_crosstalk\nThe same step predicted with the identity kernel (tabular_sgd) misses the cross-talk between tokens through the shared parameters."),
     ("code", """\
 show(kernel.derive_kernel_crosstalk())

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from solidrl.theory.advantages import derive_grpo_gradnorm_ratio
 from solidrl.theory.entropy import derive_cov_entropy, derive_tabular_adam, derive_tabular_npg, derive_tabular_sgd
-from solidrl.theory.kernel import derive_jvp, derive_kernel_crosstalk
+from solidrl.theory.kernel import ORDERS, derive_jvp, derive_jvp2, derive_kernel_crosstalk
 from solidrl.theory.offpolicy import derive_clip_frac, derive_icepop, derive_tis
 from solidrl.theory.registry import Registry
 
@@ -163,6 +163,26 @@ def jvp(stats: Stats) -> dict[str, float]:
     """
     cov, var = _need(stats, "jvp", "jvp_cov", "jvp_var")
     return _present({"entropy/delta": _mean(-cov), "kl/step": _mean(var / 2)})
+
+
+jvp.orders = ORDERS["jvp"]
+
+
+@_predictor("jvp2", derive_jvp2)
+def jvp2(stats: Stats) -> dict[str, float]:
+    """Second-order logits with exact softmax functionals: z~ = z + dz1 + dz2/2 from the nested JVP probe.
+
+    entropy/delta = mean_t jvp2_dH;   kl/step = mean_t jvp2_kl;   kl/step_reverse = mean_t jvp2_kl_reverse
+    stats: jvp2_dH, jvp2_kl, jvp2_kl_reverse [N] (theory.kernel.expanded_stats of jvp2_logit_change; [M]
+    with jvp_index when probes.max_states limits the probe). Exact to O(dtheta^2) in the logits: residual
+    O(dtheta^3) for dH and O(dtheta^4) for the KLs (theory.kernel.ORDERS).
+    Derivation: theory.kernel.derive_jvp2.
+    """
+    dH, kl, kr = _need(stats, "jvp2", "jvp2_dH", "jvp2_kl", "jvp2_kl_reverse")
+    return _present({"entropy/delta": _mean(dH), "kl/step": _mean(kl), "kl/step_reverse": _mean(kr)})
+
+
+jvp2.orders = ORDERS["jvp2"]
 
 
 @_predictor("kernel_crosstalk", derive_kernel_crosstalk)

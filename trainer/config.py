@@ -148,6 +148,9 @@ class ProbesConfig:
     """Run the probes every N steps (rows in between carry only the loop's own keys)."""
     jvp_every: int = 0
     """Run the JVP first-order predictor every N steps (0 = off; it costs about three forwards)."""
+    jvp2_every: int = 0
+    """Run the second-order logit predictor `jvp2` (forward-over-forward AD: dz1 and dz2 in one nested pass,
+    which also gives the first-order jvp's stats) every N steps (0 = off)."""
     max_states: int = 0
     """Evaluate the expensive probes (the step and reference forwards, the JVP) on at most this many sequences (0 = all)."""
     save_stats: bool = True
@@ -362,8 +365,9 @@ def validate(cfg: TrainConfig) -> None:
          f"offpolicy.rollout_dtype {cfg.offpolicy.rollout_dtype!r} unknown; known: float32, bfloat16, float16"),
         (cfg.offpolicy.logit_noise >= 0, "offpolicy.logit_noise must be >= 0"),
         (cfg.probes.every >= 1, "probes.every must be >= 1"),
-        (cfg.probes.jvp_every >= 0 and cfg.probes.audit_every >= 0 and cfg.probes.max_states >= 0,
-         "probes.jvp_every, probes.audit_every and probes.max_states must be >= 0 (0 = off / all)"),
+        (cfg.probes.jvp_every >= 0 and cfg.probes.jvp2_every >= 0 and cfg.probes.audit_every >= 0
+         and cfg.probes.max_states >= 0,
+         "probes.jvp_every, probes.jvp2_every, probes.audit_every and probes.max_states must be >= 0 (0 = off / all)"),
         (cfg.model.dtype in ("float32", "float64", "bfloat16"),
          f"model.dtype {cfg.model.dtype!r} unknown; known: float32, float64, bfloat16"),
     ]
