@@ -87,6 +87,15 @@ class OptimConfig:
     weight_decay: float = 0.0
     grad_clip: float = 0.0
     """Max global grad norm; 0 = no clipping (the perfect baseline)."""
+    trust_region_kl: float = 0.0
+    """KL trust region delta (0 = off): each optimizer update is rescaled along its own direction so that
+    KL(pi_old || pi_new) over the update's response tokens is delta (trainer/trust_region.py)."""
+    trust_region_mode: str = "predict"
+    """How the trust region gets KL(s) of the scaled step: predict (jvp2's second-order logits, one nested
+    forward-mode pass) or line_search (the exact KL, one forward per trial scale; the comparison)."""
+    trust_region_max_scale: float = 10.0
+    """The largest factor the trust region grows a step by (a step whose KL stays below delta at this scale is
+    taken at it)."""
 
 
 @dataclass(frozen=True)
@@ -365,6 +374,10 @@ def validate(cfg: TrainConfig) -> None:
          f"offpolicy.rollout_dtype {cfg.offpolicy.rollout_dtype!r} unknown; known: float32, bfloat16, float16"),
         (cfg.offpolicy.logit_noise >= 0, "offpolicy.logit_noise must be >= 0"),
         (cfg.probes.every >= 1, "probes.every must be >= 1"),
+        (cfg.optim.trust_region_kl >= 0 and cfg.optim.trust_region_max_scale > 0,
+         "optim.trust_region_kl must be >= 0 (0 = off) and optim.trust_region_max_scale > 0"),
+        (cfg.optim.trust_region_mode in ("predict", "line_search"),
+         f"optim.trust_region_mode {cfg.optim.trust_region_mode!r} unknown; known: predict, line_search"),
         (cfg.probes.jvp_every >= 0 and cfg.probes.jvp2_every >= 0 and cfg.probes.audit_every >= 0
          and cfg.probes.max_states >= 0,
          "probes.jvp_every, probes.jvp2_every, probes.audit_every and probes.max_states must be >= 0 (0 = off / all)"),

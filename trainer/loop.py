@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from . import algos
+from . import trust_region
 from .collapse import CollapseDetector
 from .config import ConfigError, TrainConfig, validate
 from .model import DTYPES, MODEL_SIZES, load_pretrained
@@ -169,6 +170,7 @@ class Trainer:
         except ValueError as e:
             raise ConfigError(f"algo/offpolicy settings: {e}") from None
         self.hooks: dict[str, list[Callable[[StepContext], None]]] = {p: [] for p in HOOK_POINTS}
+        self.trust_region = trust_region.attach(self)  # None unless optim.trust_region_kl > 0
         self.collapse = CollapseDetector(cfg.run, self.model.config.vocab_size)
         self.start_step = 0
         self.version = 0  # optimizer steps taken
@@ -319,6 +321,8 @@ class Trainer:
                 ctx.loss, ctx.loss_parts, ctx.grad_norm = loss.detach(), parts, float(gnorm)
                 self._fire("after_backward", ctx)
                 self.optimizer.step()
+                if self.trust_region is not None:
+                    self.trust_region.rescale(sub)  # step scaled to KL(pi_old || pi_new) = delta
                 self.version += 1
                 self._fire("after_optimizer_step", ctx)
                 losses.append(loss.item())
