@@ -170,6 +170,16 @@ for lr in lrs:
 for k, v in res.items():
     plt.loglog(lrs, v, "o-", label=k); print(k, "slopes", np.round(kernel.residual_order(v), 2))
 plt.xlabel("lr"); plt.ylabel("|residual|"); plt.legend(); plt.title("jvp vs jvp2 residuals (eager attention: float32 floor ~1e-9)"); plt.show()"""),
+    ("md", "## trust_region\nThe KL trust region (trainer/trust_region.py, `optim.trust_region_kl`): scale the step so that jvp2's KL is $\\delta$, by $s \\leftarrow s\\sqrt{\\delta / \\mathrm{KL}(s)}$; the exact KL of the scaled step lands on $\\delta$."),
+    ("code", """\
+show(kernel.derive_trust_region())
+d = {n: -2e-3 * t for n, t in grad.items()}
+z0, a, b = kernel.jvp2_logit_change(model, ids, mask, pos, d, sel)
+for delta in (1e-3, 1e-2):
+    s = 1.0
+    for _ in range(30):
+        s = s * np.sqrt(delta / float(kernel.expanded_stats(z0, a, b, s)["jvp2_kl"].mean()))
+    print(f"delta {delta:g}: scale {s:.3f}, exact KL of the scaled step {KLrows(z0, logits_after(grad, -2e-3 * s)):.4g}")"""),
     ("md", "## kernel_crosstalk\nThe same step predicted with the identity kernel (tabular_sgd) misses the cross-talk between tokens through the shared parameters."),
     ("code", """\
 show(kernel.derive_kernel_crosstalk())

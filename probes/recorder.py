@@ -81,12 +81,12 @@ def run_scalars(cfg) -> dict[str, Tensor]:
     """The run's settings the predictors read, as 0-d float64 stats (docs/contracts.md, "Scalars").
 
     Written into every step's stats so `pred/*` follow the run's config (algo.eps_low / eps_high,
-    offpolicy.tis_cap / icepop_low / icepop_high, the trainer's GRPO epsilon); lr and group_size
+    offpolicy.tis_cap / icepop_low / icepop_high, the trainer's GRPO epsilon, optim.trust_region_kl); lr and group_size
     are written beside them by the recorder (lr from the optimizer: what the step actually used).
     """
     a, o = cfg.algo, cfg.offpolicy
     vals = {"eps_low": a.eps_low, "eps_high": a.eps_high, "tis_cap": o.tis_cap, "icepop_low": o.icepop_low,
-            "icepop_high": o.icepop_high, "grpo_std_eps": GRPO_STD_EPS}
+            "icepop_high": o.icepop_high, "grpo_std_eps": GRPO_STD_EPS, "trust_region_kl": cfg.optim.trust_region_kl}
     return {k: torch.tensor(float(v), dtype=F64) for k, v in vals.items()}
 
 

@@ -38,6 +38,7 @@ STAT: dict[str, sp.Symbol] = {
     "jvp2_dH": sp.Symbol("jvp2_dH", real=True),
     "jvp2_kl": sp.Symbol("jvp2_kl", nonnegative=True),
     "jvp2_kl_reverse": sp.Symbol("jvp2_kl_reverse", nonnegative=True),
+    "trust_region_kl": sp.Symbol("trust_region_kl", nonnegative=True),
 }
 
 _LATEX = {
@@ -53,6 +54,7 @@ _LATEX = {
     STAT["jvp2_dH"]: r"H(\tilde\pi) - H(\pi)",
     STAT["jvp2_kl"]: r"\mathrm{KL}(\pi\|\tilde\pi)",
     STAT["jvp2_kl_reverse"]: r"\mathrm{KL}(\tilde\pi\|\pi)",
+    STAT["trust_region_kl"]: r"\delta",
 }
 
 

@@ -38,7 +38,7 @@ from torch.func import functional_call, jvp
 from solidrl.theory.derivation import STAT, Cov, Derivation, Var
 from solidrl.theory.entropy import derive_tabular_sgd, directional_moments
 
-__all__ = ["derive_jvp", "derive_jvp2", "derive_kernel_crosstalk", "jvp_logit_change", "jvp2_logit_change",
+__all__ = ["derive_jvp", "derive_jvp2", "derive_trust_region", "derive_kernel_crosstalk", "jvp_logit_change", "jvp2_logit_change",
            "linearized_stats", "expanded_stats", "ORDERS", "residual_order"]
 
 _lr = STAT["lr"]
@@ -250,6 +250,33 @@ def derive_jvp2(V: int = 3) -> Derivation:
             "reverse KL on z~: t^2-term = Var(dz1)/2": at0(kl_rev, 2) - var / 2,
         },
         source="Taylor expansion of the logits in dtheta; Griewank & Walther 2008, ch. 13",
+    )
+
+
+@cache
+def derive_trust_region() -> Derivation:
+    """The KL trust region's step: s* dtheta with KL_jvp2(s*) = delta, so kl/step = delta up to jvp2's error.
+
+    trainer/trust_region.py solves KL(s) = delta by s <- s sqrt(delta / KL(s)) from s = 1; KL(s) is jvp2's
+    exact KL on z + s dz1 + s^2/2 dz2 (derive_jvp2), whose residual against the real step is O(s^4 |dtheta|^4).
+    Residuals: for the leading-order KL(s) = c s^2 (c = Var(dz1)/2, derive_jvp) one iteration lands on delta
+    exactly; for KL(s) = c s^2 + b s^3 the iteration's fixed point satisfies KL = delta.
+    Source: Schulman et al. 2015 (TRPO), eq. 12-14: a KL constraint on the step, not a penalty.
+    """
+    c, b, sc, dl, sv = sp.symbols("c b s_0 delta s", positive=True)
+    kl = lambda x: c * x**2  # noqa: E731
+    s1 = sc * sp.sqrt(dl / kl(sc))
+    kl3 = c * sv**2 + b * sv**3
+    return Derivation(
+        name="trust_region",
+        statement=sp.Eq(sp.Symbol(r"\mathrm{kl/step}"), sp.Symbol(r"\delta") + sp.O(dl**2)),
+        steps=(("scale solve", sp.Eq(sp.Symbol("s'"), sp.Symbol("s") * sp.sqrt(sp.Symbol(r"\delta") / sp.Symbol("KL(s)")))),),
+        result={"kl/step": STAT["trust_region_kl"]},
+        residuals={
+            "quadratic KL: one iteration lands on delta": kl(s1) - dl,
+            "fixed point s = s sqrt(delta / KL(s)) has KL = delta": (sv * sp.sqrt(dl / kl3) - sv).subs(dl, kl3),
+        },
+        source="Schulman et al. 2015, Trust Region Policy Optimization, eq. 12-14",
     )
 
 

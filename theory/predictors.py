@@ -24,7 +24,7 @@ from torch import Tensor
 
 from solidrl.theory.advantages import derive_grpo_gradnorm_ratio
 from solidrl.theory.entropy import derive_cov_entropy, derive_tabular_adam, derive_tabular_npg, derive_tabular_sgd
-from solidrl.theory.kernel import ORDERS, derive_jvp, derive_jvp2, derive_kernel_crosstalk
+from solidrl.theory.kernel import ORDERS, derive_jvp, derive_jvp2, derive_kernel_crosstalk, derive_trust_region
 from solidrl.theory.offpolicy import derive_clip_frac, derive_icepop, derive_tis
 from solidrl.theory.registry import Registry
 
@@ -183,6 +183,18 @@ def jvp2(stats: Stats) -> dict[str, float]:
 
 
 jvp2.orders = ORDERS["jvp2"]
+
+
+@_predictor("trust_region", derive_trust_region)
+def trust_region(stats: Stats) -> dict[str, float]:
+    """The KL trust region's target: kl/step = delta (optim.trust_region_kl), absent when it is off (delta = 0).
+
+    stats: trust_region_kl (0-d, the run's optim.trust_region_kl). What the trust region claims, as a
+    prediction probe-check can hold kl/step to; its error is jvp2's on the scaled step.
+    Derivation: theory.kernel.derive_trust_region (Schulman et al. 2015, eq. 12-14).
+    """
+    d = _scalar(stats, "trust_region", "trust_region_kl")
+    return {"kl/step": d} if d > 0 else {}
 
 
 @_predictor("kernel_crosstalk", derive_kernel_crosstalk)
