@@ -296,7 +296,7 @@ def table(report: dict[str, Any]) -> str:
         s = row["score"]
         k = ORDERS.get(row["predictor"], {}).get(row["metric"])
         order = (f"{_fmt(s.get('residual_order'), '1f')}, {_fmt(s.get('residual_order_quarter'), '1f')}"
-                 f" ({k + 1 if k is not None else '?'})")
+                 + (f" ({k + 1})" if k is not None else ""))
         lines.append(
             f"| {row['model']} | {row['predictor']} | {row['metric']} | {_fmt(s['median_rel_error'], 'pct2')} | "
             f"{_fmt(s['pearson_r'], '3f')} | {_fmt(s['sign_agreement'], 'pct')} | {_fmt(s['residual_ratio'], '2f')} | "
