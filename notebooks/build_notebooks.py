@@ -150,6 +150,36 @@ res = np.abs(np.array(meas) - np.array(pred))
 plt.loglog(lrs, res, "o-", label="|measured - jvp|"); plt.loglog(lrs, np.abs(pred), "--", label="|jvp prediction|")
 plt.xlabel("lr"); plt.legend(); plt.show()
 print("residual slope", np.polyfit(np.log(lrs), np.log(res), 1)[0])"""),
+    ("md", "## jvp2\nSecond-order logits $\\tilde z = z + dz_1 + \\tfrac12 dz_2$ along the step ($dz_2$ by a jvp of a jvp) and the *exact* entropy and KL on $\\tilde z$. On the same Llama, swept over the step size: the residual after a k-th order predictor shrinks at least like $\\eta^{k+1}$: jvp's has slope 2 (dH) and at least 3 (KL), jvp2's at least 3 and 4 (`kernel.ORDERS`; `kernel.residual_order` reads the slopes)."),
+    ("code", """\
+show(kernel.derive_jvp2())
+def KLrows(z0, z1):
+    l0, l1 = torch.log_softmax(z0, -1), torch.log_softmax(z1, -1)
+    return float((l0.exp() * (l0 - l1)).sum(-1).mean())
+lrs = np.array([4e-3, 2e-3, 1e-3, 5e-4])
+res = {k: [] for k in ("jvp dH", "jvp KL", "jvp2 dH", "jvp2 KL")}
+for lr in lrs:
+    d = {n: -lr * t for n, t in grad.items()}
+    z0, a, b = kernel.jvp2_logit_change(model, ids, mask, pos, d, sel)
+    z1 = logits_after(grad, -lr)
+    dH, kl_ = float((H(z1) - H(z0)).mean()), KLrows(z0, z1)
+    cov, var = kernel.linearized_stats(z0, a)
+    p1 = PREDICTORS.get("jvp")({"jvp_cov": cov, "jvp_var": var}); p2 = PREDICTORS.get("jvp2")(kernel.expanded_stats(z0, a, b))
+    res["jvp dH"].append(abs(p1["entropy/delta"] - dH)); res["jvp KL"].append(abs(p1["kl/step"] - kl_))
+    res["jvp2 dH"].append(abs(p2["entropy/delta"] - dH)); res["jvp2 KL"].append(abs(p2["kl/step"] - kl_))
+for k, v in res.items():
+    plt.loglog(lrs, v, "o-", label=k); print(k, "slopes", np.round(kernel.residual_order(v), 2))
+plt.xlabel("lr"); plt.ylabel("|residual|"); plt.legend(); plt.title("jvp vs jvp2 residuals (eager attention: float32 floor ~1e-9)"); plt.show()"""),
+    ("md", "## trust_region\nThe KL trust region (trainer/trust_region.py, `optim.trust_region_kl`): scale the step so that jvp2's KL is $\\delta$, by $s \\leftarrow s\\sqrt{\\delta / \\mathrm{KL}(s)}$; the exact KL of the scaled step lands on $\\delta$."),
+    ("code", """\
+show(kernel.derive_trust_region())
+d = {n: -2e-3 * t for n, t in grad.items()}
+z0, a, b = kernel.jvp2_logit_change(model, ids, mask, pos, d, sel)
+for delta in (1e-3, 1e-2):
+    s = 1.0
+    for _ in range(30):
+        s = s * np.sqrt(delta / float(kernel.expanded_stats(z0, a, b, s)["jvp2_kl"].mean()))
+    print(f"delta {delta:g}: scale {s:.3f}, exact KL of the scaled step {KLrows(z0, logits_after(grad, -2e-3 * s)):.4g}")"""),
     ("md", "## kernel_crosstalk\nThe same step predicted with the identity kernel (tabular_sgd) misses the cross-talk between tokens through the shared parameters."),
     ("code", """\
 show(kernel.derive_kernel_crosstalk())
@@ -190,7 +220,7 @@ for i, n in enumerate(("k1", "k2", "k3")):
 ax[0].set_title("relative std (std / KL)"); ax[0].set_xlabel("eps"); ax[0].legend()
 ax[1].loglog(eps, np.abs(rows[:, 4])); ax[1].set_title("|relative bias of k2|"); ax[1].set_xlabel("eps"); plt.show()
 assert np.all(np.diff(rows[:, 1]) < 0)  # k1's relative std grows as the KL shrinks"""),
-    ("md", "## kl_gradients\nAs a loss: k1 gives zero, k2 the reverse-KL gradient, k3 the forward-KL gradient. As a reward: k1 gives the reverse KL. Off-policy, k1 as a loss pulls toward the behaviour policy."),
+    ("md", "## kl_gradients\nAs a loss: k1 gives zero, k2 the reverse-KL gradient, k3 the forward-KL gradient. As a reward: k1 gives the reverse KL. Off-policy, k1 as a loss pushes pi away from the behaviour policy (its gradient ascends KL(mu||pi))."),
     ("code", """\
 show(kl.derive_kl_gradients(3))
 g = torch.Generator().manual_seed(1)
@@ -224,7 +254,7 @@ def actual_and_pred(p_success, K=5000, G=8, n=64, seed=0):
     norms = []
     for A in ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True, correction=0) + 1e-6), r - r.mean(1, keepdim=True)):
         w = z.clone().requires_grad_(); (-(A * torch.log_softmax(w, -1).gather(1, o)).sum()).backward(); norms.append(float(w.grad.norm()))
-    st = {"reward": r.flatten(), "group_index": torch.arange(n).repeat_interleave(G)}
+    st = {"reward": r.flatten(), "group_index": torch.arange(n).repeat_interleave(G), "grpo_std_eps": torch.tensor(1e-6)}
     return norms[0] / norms[1], PREDICTORS.get("grpo_gradnorm_ratio")(st)["grad/norm_ratio_vs_dr_grpo"]
 ps = [0.05, 0.1, 0.2, 0.35, 0.5]
 pairs = np.array([actual_and_pred(p) for p in ps])
@@ -281,7 +311,7 @@ for s in ss:
     lr = s * torch.randn(n, generator=g)
     r = lr.exp()
     mc.append(float((((adv > 0) & (r > 1.2)) | ((adv < 0) & (r < 0.8))).double().mean()))
-    pred.append(PREDICTORS.get("clip_frac")({"log_ratio": lr, "adv": adv}, eps=0.2)["ratio/clip_frac"])
+    pred.append(PREDICTORS.get("clip_frac")({"log_ratio": lr, "adv": adv, "eps_low": torch.tensor(0.2), "eps_high": torch.tensor(0.2)})["ratio/clip_frac"])
 plt.plot(ss, mc, "o", label="Monte Carlo"); plt.plot(ss, pred, "-", label="clip_frac"); plt.xlabel("std of log ratio"); plt.legend(); plt.show()
 assert np.allclose(pred, mc, atol=0.01)"""),
     ("md", "## tis\nTruncated IS $w = \\min(\\rho, C)$: touched fraction and mean weight."),
@@ -291,13 +321,13 @@ pred, mc = [], []
 for s in ss:
     lr = s * torch.randn(n, generator=g) - s**2 / 2  # E rho = 1: the ratio of two distributions
     mc.append(float((lr.exp() > 2.0).double().mean()))
-    pred.append(PREDICTORS.get("tis")({"log_ratio": lr}, C=2.0)["correction/touched_frac"])
+    pred.append(PREDICTORS.get("tis")({"log_ratio": lr, "tis_cap": torch.tensor(2.0)})["correction/touched_frac"])
 plt.semilogy(ss, np.maximum(mc, 1e-6), "o", label="Monte Carlo"); plt.semilogy(ss, pred, "-", label="tis"); plt.xlabel("std of log ratio"); plt.legend(); plt.show()"""),
     ("md", "## icepop\nIcePop $w = \\rho\\,1[\\alpha \\le \\rho \\le \\beta]$: touched fraction and mean weight (the lost mass is the bias)."),
     ("code", """\
 show(offpolicy.derive_icepop())
 lr = 0.5 * torch.randn(n, generator=g) - 0.125
-out = PREDICTORS.get("icepop")({"log_ratio": lr}, alpha=0.5, beta=2.0)
+out = PREDICTORS.get("icepop")({"log_ratio": lr, "icepop_low": torch.tensor(0.5), "icepop_high": torch.tensor(2.0)})
 w = torch.where((lr.exp() >= 0.5) & (lr.exp() <= 2.0), lr.exp(), torch.zeros(()))
 print(out, "Monte Carlo:", float((w == 0).double().mean()), float(w.mean()))"""),
 ]

@@ -47,6 +47,7 @@ from solidrl.trainer.loop import StepContext, Trainer
 from solidrl.trainer.rollout import response_logits
 
 from . import metrics as M
+from .recorder import run_scalars
 
 __all__ = ["OffPolicyProbe", "attach"]
 
@@ -98,8 +99,7 @@ class OffPolicyProbe:
             rs = M.ratio_stats(x, adv, cfg.algo.eps_low, cfg.algo.eps_high, cfg.algo.dual_clip_c)
             row["rollout_ratio/clip_frac"] = rs["clip_frac"]
             if self.clip_pred is not None:
-                pred = self.clip_pred({"log_ratio": x, "adv": adv.to(F64)}, eps=cfg.algo.eps_low,
-                                      eps_high=cfg.algo.eps_high)
+                pred = self.clip_pred({"log_ratio": x, "adv": adv.to(F64), **run_scalars(cfg)})
                 if "ratio/clip_frac" in pred:
                     row["pred/clip_frac/rollout_ratio/clip_frac"] = pred["ratio/clip_frac"]
             name = cfg.offpolicy.correction

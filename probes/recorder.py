@@ -34,13 +34,15 @@ import torch
 from torch import Tensor
 
 from solidrl.theory.predictors import PREDICTORS
+from solidrl.trainer.algos import GRPO_STD_EPS
 from solidrl.trainer.config import ConfigError
 from solidrl.trainer.loop import NonFiniteError, StepContext, Trainer
 from solidrl.trainer.rollout import Rollout, response_logits
 
 from . import metrics as M
 
-__all__ = ["GROUPS", "RECORDER_GROUPS", "Recorder", "attach", "parse_groups", "load_predictors", "PASS_KS"]
+__all__ = ["GROUPS", "RECORDER_GROUPS", "Recorder", "attach", "parse_groups", "load_predictors", "PASS_KS",
+           "run_scalars"]
 
 F64 = torch.float64
 
@@ -85,6 +87,21 @@ def load_predictors() -> dict[str, Callable[[dict[str, Tensor]], dict[str, float
     return {n: PREDICTORS.get(n) for n in PREDICTORS.names()}
 
 
+def run_scalars(cfg) -> dict[str, Tensor]:
+    """The run's settings the predictors read, as 0-d float64 stats (docs/contracts.md, "Scalars").
+
+    Written into every step's stats so `pred/*` follow the run's config (algo.eps_low / eps_high,
+    offpolicy.tis_cap / icepop_low / icepop_high, the trainer's GRPO epsilon, optim.trust_region_kl); lr and group_size
+    are written beside them by the recorder (lr from the optimizer: what the step actually used).
+    """
+    a, o = cfg.algo, cfg.offpolicy
+    # the GRPO epsilon the run's advantage uses (grpo's `eps` parameter, docs/peers.md), else the trainer's default
+    grpo_eps = cfg.entry_params("algo.advantage").get("eps", GRPO_STD_EPS) if a.advantage == "grpo" else GRPO_STD_EPS
+    vals = {"eps_low": a.eps_low, "eps_high": a.eps_high, "tis_cap": o.tis_cap, "icepop_low": o.icepop_low,
+            "icepop_high": o.icepop_high, "grpo_std_eps": grpo_eps, "trust_region_kl": cfg.optim.trust_region_kl}
+    return {k: torch.tensor(float(v), dtype=F64) for k, v in vals.items()}
+
+
 @dataclass
 class _StepState:
     """What the recorder gathers over one step's hook points (discarded at step_end)."""
@@ -110,6 +127,7 @@ class Recorder:
         self.groups = parse_groups(p.groups) if groups is None else frozenset(groups)
         self.every = max(1, p.every)
         self.jvp_every = p.jvp_every
+        self.jvp2_every = p.jvp2_every
         self.max_states = p.max_states
         self.save_stats = p.save_stats
         self.stats_dir = Path(trainer.out) / "stats"
@@ -158,7 +176,10 @@ class Recorder:
         return bool({"grad", "pred"} & self.groups) or self.save_stats or self._jvp_step(step)
 
     def _jvp_step(self, step: int) -> bool:
-        return self.jvp_every > 0 and step % self.jvp_every == 0
+        return (self.jvp_every > 0 and step % self.jvp_every == 0) or self._jvp2_step(step)
+
+    def _jvp2_step(self, step: int) -> bool:
+        return self.jvp2_every > 0 and step % self.jvp2_every == 0
 
     # -- hooks ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -350,6 +371,7 @@ class Recorder:
             "lr": torch.tensor(float(ctx.optimizer.param_groups[0]["lr"]), dtype=F64),
             "group_size": torch.tensor(G), "vocab_size": torch.tensor(ctx.old_logits.shape[-1]),
             "grad_norm": torch.tensor(float(ctx.metrics.get("grad/norm", ctx.grad_norm)), dtype=F64),
+            **run_scalars(ctx.cfg),
         }
         if coef is not None:
             stats["coef"] = coef[loss_tok]
@@ -358,10 +380,11 @@ class Recorder:
         return {k: v.detach().cpu() for k, v in stats.items()}
 
     def _jvp(self, ctx: StepContext, st: _StepState, sub: Optional[Tensor], loss_tok: Tensor) -> dict[str, Tensor]:
-        """jvp_cov, jvp_var at pi_old: dz = J(s_t) (theta_after - theta_before), one forward-mode pass."""
+        """jvp_cov, jvp_var at pi_old: dz = J(s_t) (theta_after - theta_before), one forward-mode pass; on a
+        jvp2 step also jvp2_dH, jvp2_kl, jvp2_kl_reverse from dz1 and dz2 of one nested pass (derive_jvp2)."""
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        from solidrl.theory.kernel import jvp_logit_change, linearized_stats
+        from solidrl.theory.kernel import expanded_stats, jvp2_logit_change, jvp_logit_change, linearized_stats
 
         after = self._flat()
         delta, off = {}, 0
@@ -376,15 +399,21 @@ class Recorder:
             P, R = ro.prompt_ids.shape[1], ro.response_ids.shape[1]
             positions = torch.zeros_like(mask, dtype=torch.bool)
             positions[:, P - 1:P + R - 1] = ro.response_mask > 0  # logits at i predict token i + 1
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            second = self._jvp2_step(ctx.step)
             with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
-                dz, logits = jvp_logit_change(ctx.model, ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), delta,
-                                              positions, return_logits=True)
+                if second:
+                    logits, dz, dz2 = jvp2_logit_change(ctx.model, ids, mask, pos, delta, positions)
+                else:
+                    dz, logits = jvp_logit_change(ctx.model, ids, mask, pos, delta, positions, return_logits=True)
         finally:
             self._load_flat(after)
         cov, var = linearized_stats(logits, dz)
         sel_sub = ro.response_mask > 0
         in_loss = (ctx.mask if sub is None else ctx.mask[sub])[sel_sub] > 0
         out = {"jvp_cov": cov[in_loss].cpu(), "jvp_var": var[in_loss].cpu()}
+        if second:
+            out.update({k: v[in_loss].cpu() for k, v in expanded_stats(logits, dz, dz2).items()})
         if sub is not None:
             # positions of the evaluated tokens among the stats' tokens (loss tokens of all rows, row-major)
             rows_loss = torch.zeros(st.sel.shape, dtype=torch.bool, device=st.sel.device)

@@ -433,7 +433,8 @@ def test_std_eps_against_a_loop_and_grpo():
 
 def test_std_eps_derivation_holds_and_the_predictor_matches_it():
     plugins.load(EXAMPLE / "std_eps.py")
-    from solidrl.theory.predictors import GRPO_STD_EPS, PREDICTORS
+    from solidrl.theory.predictors import PREDICTORS
+    from solidrl.trainer.algos import GRPO_STD_EPS
 
     fn = PREDICTORS.get("std_eps_gradnorm_ratio")
     d = fn.derivation(G=4, groups=3)

@@ -11,6 +11,7 @@ from solidrl.theory import advantages
 from solidrl.theory.predictors import PREDICTORS
 
 torch.set_default_dtype(torch.float64)
+EPS = torch.tensor(1e-6)  # stats grpo_std_eps: the trainer's GRPO epsilon, as the recorder writes it
 
 
 @pytest.mark.parametrize("G", [2, 3, 5])
@@ -28,14 +29,14 @@ def test_grpo_gradnorm_ratio_predictor_equals_lambdified_derivation(seed):
     k[0] = max(1, min(k[0], G - 1))  # at least one mixed group, else the ratio is absent
     reward = torch.tensor(np.concatenate([[1.0] * kk + [0.0] * (G - kk) for kk in k]))
     gi = torch.arange(3).repeat_interleave(G)
-    out = PREDICTORS.get("grpo_gradnorm_ratio")({"reward": reward, "group_index": gi})
+    out = PREDICTORS.get("grpo_gradnorm_ratio")({"reward": reward, "group_index": gi, "grpo_std_eps": EPS})
     for metric, got in out.items():
         # GRPO's +1e-6 on sigma >= sqrt(1/G (1 - 1/G)) moves the ratio by < 1e-5 relative
         assert got == pytest.approx(float(d.lambdify(metric, args)(G, *(k / G))), rel=1e-5), metric
 
 
 def test_grpo_gradnorm_ratio_absent_without_a_mixed_group():
-    st = {"reward": torch.tensor([1.0, 1, 0, 0]), "group_index": torch.tensor([0, 0, 1, 1])}
+    st = {"reward": torch.tensor([1.0, 1, 0, 0]), "group_index": torch.tensor([0, 0, 1, 1]), "grpo_std_eps": EPS}
     assert PREDICTORS.get("grpo_gradnorm_ratio")(st) == {}
 
 
@@ -53,7 +54,8 @@ def _bandit_grad_norms(K, G, n_prompts, seed):
         w = z.clone().requires_grad_()
         (-(A * torch.log_softmax(w, -1).gather(1, o)).sum()).backward()
         norms[name] = float(w.grad.norm())
-    return norms, {"reward": r.flatten(), "group_index": torch.arange(n_prompts).repeat_interleave(G)}
+    return norms, {"reward": r.flatten(), "group_index": torch.arange(n_prompts).repeat_interleave(G),
+                   "grpo_std_eps": EPS}
 
 
 def test_grpo_gradnorm_ratio_holds_when_responses_are_distinct():

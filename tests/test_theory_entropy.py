@@ -205,8 +205,8 @@ def test_cov_entropy_predictor_equals_lambdified_derivation(form):
     rng = np.random.default_rng(1)
     logp, c = -rng.exponential(size=4), rng.normal(size=4)
     x = c if form == "npg" else np.exp(logp) * c
-    out = PREDICTORS.get("cov_entropy")({"logp": torch.tensor(logp), "coef": torch.tensor(c), "lr": torch.tensor(0.3)},
-                                        form=form)
+    out = PREDICTORS.get("cov_entropy")({"logp": torch.tensor(logp), "coef": torch.tensor(c), "lr": torch.tensor(0.3),
+                                         "cov_entropy_form": torch.tensor(0 if form == "npg" else 1)})
     assert out["entropy/delta"] == pytest.approx(f(0.3, *logp, *x), rel=1e-12)
 
 

@@ -83,3 +83,17 @@ def test_kl_gradients_by_autograd(seed):
     for n in ("k1", "k2", "k3"):
         close(g[f"off-IS {n}"], g[f"loss {n}"])
     assert not np.allclose(g["off k3"], g["loss k3"])  # without the weight, off-policy k3 is another gradient
+
+
+def test_off_policy_k1_loss_pushes_pi_away_from_the_behaviour_policy():
+    """x ~ mu, loss E_mu[log pi(x) - log r(x)]: one gradient step raises KL(mu || pi) (derive_kl_gradients'
+    docstring: its gradient is -grad KL(mu || pi), so descending it ascends the KL), exact expectation, V = 50."""
+    g = torch.Generator().manual_seed(3)
+    z, mu, r = torch.randn(50, generator=g), torch.softmax(torch.randn(50, generator=g), -1), torch.randn(50, generator=g)
+    w = z.clone().requires_grad_()
+    (mu * (torch.log_softmax(w, -1) - torch.log_softmax(r, -1))).sum().backward()
+
+    def kl_mu(zz):
+        return float((mu * (mu.log() - torch.log_softmax(zz, -1))).sum())
+
+    assert kl_mu(z - 0.5 * w.grad) > kl_mu(z) + 1e-3

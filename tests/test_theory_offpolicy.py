@@ -24,6 +24,11 @@ def gaussian_batch(m, s, seed, frac_pos=0.6):
     return {"log_ratio": log_ratio, "adv": adv}
 
 
+def _knobs(**kv):
+    """The run's settings as the recorder writes them: 0-d float64 stats (docs/contracts.md)."""
+    return {k: torch.tensor(float(v), dtype=torch.float64) for k, v in kv.items()}
+
+
 def mc_tol(p):
     """5 binomial standard errors of a Monte Carlo fraction p over N_MC draws (plus float slack)."""
     return 5 * math.sqrt(max(p * (1 - p), 1e-12) / N_MC) + 1e-9
@@ -56,7 +61,7 @@ def _lambdified(name, metric, **values):
 @pytest.mark.parametrize("m,s", [(0.0, 0.1), (-0.05, 0.3), (0.2, 1.0)])
 def test_clip_frac_predictor_equals_lambdified_derivation(m, s):
     st = gaussian_batch(m, s, 0)
-    got = PREDICTORS.get("clip_frac")(st, eps=0.2, eps_high=0.28)
+    got = PREDICTORS.get("clip_frac")({**st, **_knobs(eps_low=0.2, eps_high=0.28)})
     lr = st["log_ratio"]
     fit = dict(m=float(lr.mean()), s=float(lr.std(correction=0)), eps_low=0.2, eps_high=0.28,
                f_pos=float((st["adv"] > 0).double().mean()), f_neg=float((st["adv"] < 0).double().mean()))
@@ -75,7 +80,7 @@ def test_clip_frac_matches_trainer_ppo_clip_by_monte_carlo(m, s):
     loss = algos.POLICY_LOSSES.get("ppo_clip")(logp[None], zeros[None], st["adv"][None], torch.ones(1, N_MC), p)
     loss.sum().backward()
     clipped = (logp.grad == 0) & (st["adv"] != 0)
-    pred = PREDICTORS.get("clip_frac")(st, eps=0.2, eps_high=0.28)
+    pred = PREDICTORS.get("clip_frac")({**st, **_knobs(eps_low=0.2, eps_high=0.28)})
     for metric, side in (("ratio/clip_frac", st["adv"] != 0), ("ratio/clip_frac_high", st["adv"] > 0),
                          ("ratio/clip_frac_low", st["adv"] < 0)):
         observed = float((clipped & side).double().mean())
@@ -84,13 +89,13 @@ def test_clip_frac_matches_trainer_ppo_clip_by_monte_carlo(m, s):
 
 def test_clip_frac_fully_on_policy_is_zero():
     st = {"log_ratio": torch.zeros(100), "adv": torch.randn(100)}
-    assert PREDICTORS.get("clip_frac")(st)["ratio/clip_frac"] == 0.0
+    assert PREDICTORS.get("clip_frac")({**st, **_knobs(eps_low=0.2, eps_high=0.2)})["ratio/clip_frac"] == 0.0
 
 
 @pytest.mark.parametrize("m,s,C", [(0.0, 0.2, 2.0), (-0.1, 0.5, 1.5), (0.1, 1.0, 2.0)])
 def test_tis_predictor_equals_lambdified_derivation_and_trainer_by_monte_carlo(m, s, C):
     st = gaussian_batch(m, s, 2)
-    got = PREDICTORS.get("tis")(st, C=C)
+    got = PREDICTORS.get("tis")({**st, **_knobs(tis_cap=C)})
     lr = st["log_ratio"]
     fit = dict(m=float(lr.mean()), s=float(lr.std(correction=0)), C=C)
     for metric in got:
@@ -106,7 +111,7 @@ def test_tis_predictor_equals_lambdified_derivation_and_trainer_by_monte_carlo(m
 @pytest.mark.parametrize("m,s,alpha,beta", [(0.0, 0.2, 0.5, 2.0), (-0.1, 0.6, 0.5, 5.0), (0.0, 1.0, 0.8, 1.25)])
 def test_icepop_predictor_equals_lambdified_derivation_and_trainer_by_monte_carlo(m, s, alpha, beta):
     st = gaussian_batch(m, s, 3)
-    got = PREDICTORS.get("icepop")(st, alpha=alpha, beta=beta)
+    got = PREDICTORS.get("icepop")({**st, **_knobs(icepop_low=alpha, icepop_high=beta)})
     lr = st["log_ratio"]
     fit = dict(m=float(lr.mean()), s=float(lr.std(correction=0)), alpha=alpha, beta=beta)
     for metric in got:
@@ -118,19 +123,22 @@ def test_icepop_predictor_equals_lambdified_derivation_and_trainer_by_monte_carl
     assert abs(got["correction/weight_mean"] - float(w.mean())) < 5 * float(w.std()) / N_MC**0.5
 
 
-def test_tis_and_icepop_defaults_are_the_trainers():
-    p = algos.CorrectionParams()
-    import inspect
-    assert inspect.signature(PREDICTORS.get("tis")).parameters["C"].default == p.tis_cap
-    sig = inspect.signature(PREDICTORS.get("icepop")).parameters
-    assert (sig["alpha"].default, sig["beta"].default) == (p.icepop_low, p.icepop_high)
-    q = algos.PolicyLossParams()
-    assert inspect.signature(PREDICTORS.get("clip_frac")).parameters["eps"].default == q.eps_low == q.eps_high
+def test_predictors_read_their_knobs_from_the_stats_and_name_a_missing_one():
+    """No copied defaults: a cap or clip range absent from the stats is a MissingStatError naming it."""
+    from solidrl.theory.predictors import MissingStatError
+
+    st = gaussian_batch(0.0, 0.3, 3)
+    for name, key in (("clip_frac", "eps_low"), ("tis", "tis_cap"), ("icepop", "icepop_low")):
+        with pytest.raises(MissingStatError, match=key):
+            PREDICTORS.get(name)(st)
+    a = PREDICTORS.get("tis")({**st, **_knobs(tis_cap=1.5)})["correction/touched_frac"]
+    b = PREDICTORS.get("tis")({**st, **_knobs(tis_cap=2.5)})["correction/touched_frac"]
+    assert a > b > 0
 
 
 def test_tis_point_mass_when_log_ratios_are_all_equal():
     """s = 0: the Gaussian degenerates to a point; touched is 0 or 1, the mean weight is min(e^m, C)."""
     for m, want in ((0.0, (0.0, 1.0)), (1.0, (1.0, 2.0))):
-        out = PREDICTORS.get("tis")({"log_ratio": torch.full((10,), m)}, C=2.0)
+        out = PREDICTORS.get("tis")({"log_ratio": torch.full((10,), m), **_knobs(tis_cap=2.0)})
         assert (out["correction/touched_frac"], out["correction/weight_mean"]) == pytest.approx(want)
-    assert np.isfinite(list(PREDICTORS.get("icepop")({"log_ratio": torch.zeros(3)}).values())).all()
+    assert np.isfinite(list(PREDICTORS.get("icepop")({"log_ratio": torch.zeros(3), **_knobs(icepop_low=0.5, icepop_high=2.0)}).values())).all()

@@ -72,7 +72,7 @@ def test_a_wrong_formula_does_not_verify():
 STATS_NEEDED = {
     "tabular_sgd": "sum_p2", "tabular_npg": "logp", "tabular_adam": "coef", "cov_entropy": "lr", "jvp": "jvp_var",
     "kernel_crosstalk": "jvp_cov", "grpo_gradnorm_ratio": "group_index", "clip_frac": "adv", "tis": "log_ratio",
-    "icepop": "log_ratio",
+    "icepop": "log_ratio", "jvp2": "jvp2_kl", "trust_region": "trust_region_kl",
 }
 
 
@@ -82,7 +82,12 @@ def full_stats(N=5):
     return {**entropy.token_stats(logits, torch.zeros(N, dtype=torch.long)), "coef": torch.randn(N, dtype=torch.float64),
             "lr": torch.tensor(0.1), "adv": torch.randn(N), "log_ratio": 0.1 * torch.randn(N), "seq_index": torch.zeros(N),
             "jvp_cov": torch.randn(N), "jvp_var": torch.rand(N), "reward": torch.tensor([1.0, 0, 1, 1]),
-            "group_index": torch.tensor([0, 0, 1, 1])}
+            "group_index": torch.tensor([0, 0, 1, 1]), "jvp2_dH": torch.randn(N), "jvp2_kl": torch.rand(N),
+            "jvp2_kl_reverse": torch.rand(N),
+            # the run's settings (docs/contracts.md, "Scalars"), as probes.recorder.run_scalars writes them
+            **{k: torch.tensor(v, dtype=torch.float64) for k, v in {
+                "eps_low": 0.2, "eps_high": 0.28, "tis_cap": 2.0, "icepop_low": 0.5, "icepop_high": 2.0,
+                "grpo_std_eps": 1e-6, "trust_region_kl": 0.01}.items()}}
 
 
 @pytest.mark.parametrize("name,key", sorted(STATS_NEEDED.items()))
@@ -97,7 +102,7 @@ def test_missing_stat_raises_a_one_line_keyerror_naming_it(name, key):
     assert repr(key) in msg and repr(name) in msg and "\n" not in msg
 
 
-@pytest.mark.parametrize("name", [n for n in STATS_NEEDED if n != "grpo_gradnorm_ratio"])
+@pytest.mark.parametrize("name", [n for n in STATS_NEEDED if n not in ("grpo_gradnorm_ratio", "trust_region")])
 def test_empty_batch_gives_absent_metrics_not_zeros(name):
     st = {k: (v[:0] if v.dim() else v) for k, v in full_stats().items()}
     assert PREDICTORS.get(name)(st) == {}

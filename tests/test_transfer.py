@@ -23,6 +23,17 @@ def test_score_worked_example():
     assert s["noise_floor"] == 0.0 and s["median_abs_obs"] == 2.0
 
 
+def test_score_residual_order_over_eta_half_quarter():
+    """Residuals 0.08 -> 0.01 -> 0.00125 (x1/8 per halving): order 3 at both halvings (a second-order
+    predictor's k + 1); a residual of 0 at a level leaves that batch out of the median."""
+    obs = np.array([1.0, 2.0, 3.0])
+    p = {"obs": obs, "pred": obs + [0.08, 0.16, 0.0], "obs_half": obs / 2, "pred_half": obs / 2 + [0.01, 0.02, 0.01],
+         "obs_quarter": obs / 4, "pred_quarter": obs / 4 + [0.00125, 0.0025, 0.001], "noise": np.zeros(3)}
+    s = score(p)
+    assert s["residual_order"] == pytest.approx(3.0) and s["residual_order_quarter"] == pytest.approx(3.0)
+    assert score({k: v for k, v in p.items() if "quarter" not in k})["residual_order_quarter"] is None
+
+
 def test_score_leaves_out_what_is_not_computable():
     # Two batches: no Pearson r; an observed 0 has no relative error; no eta/2 arm, no residual ratio.
     s = score({"pred": np.array([0.1, -0.2]), "obs": np.array([0.0, 0.1]), "noise": np.array([np.nan, np.nan])})
@@ -48,6 +59,10 @@ def test_transfer_command_end_to_end_on_nano_and_micro(tmp_path, capsys):
         assert kl["n"] == 3 and kl["median_rel_error"] < 0.5 and kl["sign_agreement"] == 1.0
         assert kl["median_abs_obs"] > 10 * kl["noise_floor"]
         assert (model, "jvp", "entropy/delta") in rows and (model, "tabular_sgd", "entropy/delta") in rows
+        # the second-order predictor: run at eta, eta/2 and eta/4, and closer than the first order on KL
+        k2 = rows[(model, "jvp2", "kl/step")]
+        assert len(k2["obs_quarter"]) == 3 and k2["score"]["median_rel_error"] <= kl["median_rel_error"]
+        assert k2["score"]["residual_order_quarter"] is not None
         gr = rows.get((model, "grpo_gradnorm_ratio", "grad/norm_ratio_vs_rloo"))
         if gr is not None:  # present when some group is mixed
             assert gr["score"]["residual_ratio"] is None and all(o > 0 for o in gr["obs"])
@@ -56,6 +71,7 @@ def test_transfer_command_end_to_end_on_nano_and_micro(tmp_path, capsys):
         assert all(b < a for a, b in zip(h["obs"], h["obs_half"]))
     table = (out / "table.md").read_text()
     assert "| nano | jvp | kl/step |" in table and "| micro | jvp | entropy/delta |" in table
+    assert "| nano | jvp2 | kl/step |" in table and "(4) |" in table  # jvp2's KL: k + 1 = 4
     assert "solidrl transfer" in table
     assert {p.split("/")[-1] for p in rep["plots"]} >= {"jvp__kl_step.png", "jvp__entropy_delta.png"}
     assert "| nano | jvp | kl/step |" in capsys.readouterr().out

@@ -35,6 +35,10 @@ STAT: dict[str, sp.Symbol] = {
     "lr": sp.Symbol("lr", positive=True),
     "jvp_cov": sp.Symbol("jvp_cov", real=True),
     "jvp_var": sp.Symbol("jvp_var", nonnegative=True),
+    "jvp2_dH": sp.Symbol("jvp2_dH", real=True),
+    "jvp2_kl": sp.Symbol("jvp2_kl", nonnegative=True),
+    "jvp2_kl_reverse": sp.Symbol("jvp2_kl_reverse", nonnegative=True),
+    "trust_region_kl": sp.Symbol("trust_region_kl", nonnegative=True),
 }
 
 _LATEX = {
@@ -47,6 +51,10 @@ _LATEX = {
     STAT["lr"]: r"\eta",
     STAT["jvp_cov"]: r"\mathrm{Cov}_\pi(\log\pi, J\Delta\theta)",
     STAT["jvp_var"]: r"\mathrm{Var}_\pi(J\Delta\theta)",
+    STAT["jvp2_dH"]: r"H(\tilde\pi) - H(\pi)",
+    STAT["jvp2_kl"]: r"\mathrm{KL}(\pi\|\tilde\pi)",
+    STAT["jvp2_kl_reverse"]: r"\mathrm{KL}(\tilde\pi\|\pi)",
+    STAT["trust_region_kl"]: r"\delta",
 }
 
 

@@ -10,25 +10,36 @@ tabular prediction is the kernel's cross-talk: what one token's update does to t
 
 Cost: one jvp is about three forwards; forward-mode AD needs eager or math attention (CPU SDPA raises
 NotImplementedError), so the JVP probe is an option that runs every N steps.
-Left out: second-order (curvature) terms of the network, and the kernel matrix itself (never formed).
+
+Second order (derive_jvp2): the logits to second order along the step, z~ = z + dz1 + dz2/2 with
+dz1 = J dtheta and dz2 = d^2/dt^2 z(theta + t dtheta) at t = 0 (the Hessian's quadratic form, by
+forward-over-forward AD: a jvp of a jvp), and then the softmax functionals computed *exactly* on z~
+(H(softmax z~) - H(pi), KL(pi || softmax z~), KL(softmax z~ || pi)) instead of their Taylor series in
+dz: measured, 10% of tokens move a logit by more than 0.6 nats in one step, outside the per-token
+softmax's Taylor range, while the network's logits stay close to quadratic in dtheta. The residual
+after it is O(dtheta^3) for dH and O(dtheta^4) for the KL (ORDERS; residual_order measures it).
+Left out: third-order logit terms, and the kernel matrix itself (never formed).
 
 References: Ren & Sutherland, "Learning Dynamics of LLM Finetuning", ICLR 2025, eq. 3-5 (the
 per-step decomposition dlog pi = -eta A K G); Jacot et al. 2018 (neural tangent kernel).
 """
 from __future__ import annotations
 
+import math
 from functools import cache
 from types import SimpleNamespace
-from typing import Mapping
+from typing import Mapping, Optional, Sequence
 
 import sympy as sp
+import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
-from solidrl.theory.derivation import STAT, Cov, Derivation
+from solidrl.theory.derivation import STAT, Cov, Derivation, Var
 from solidrl.theory.entropy import derive_tabular_sgd, directional_moments
 
-__all__ = ["derive_jvp", "derive_kernel_crosstalk", "jvp_logit_change", "linearized_stats"]
+__all__ = ["derive_jvp", "derive_jvp2", "derive_trust_region", "derive_kernel_crosstalk", "jvp_logit_change", "jvp2_logit_change",
+           "linearized_stats", "expanded_stats", "ORDERS", "residual_order"]
 
 _lr = STAT["lr"]
 
@@ -131,6 +142,144 @@ def derive_kernel_crosstalk(V: int = 3) -> Derivation:
     )
 
 
+ORDERS: dict[str, dict[str, int]] = {
+    "jvp": {"entropy/delta": 1, "kl/step": 2},
+    "jvp2": {"entropy/delta": 2, "kl/step": 3, "kl/step_reverse": 3},
+}
+"""predictor -> metric -> k, the order in dtheta to which the prediction is exact: its residual is
+O(eta^(k+1)) for a step dtheta proportional to eta. jvp: dH's eta^2 term is missing (k = 1); KL starts at
+eta^2 and its eta^3 term is missing (k = 2). jvp2: the logits miss eta^3 (dz3/6), which moves H by
+O(eta^3) (dH/dz is O(1): k = 2) and the KL by O(eta^4) (dKL/dz = pi~ - pi is O(eta): k = 3)."""
+
+
+def residual_order(residuals: Sequence[float], factor: float = 2.0) -> list[float]:
+    """Measured order of a residual from its values at eta, eta/factor, eta/factor^2, ...
+
+    slope_i = log(|r_i| / |r_{i+1}|) / log(factor): k + 1 for a k-th order predictor (ORDERS), in the
+    asymptotic regime; NaN where a residual is 0 or not finite. The ratio r(eta) / r(eta/2) alone is
+    2^slope (4 for first order, 8 for second): read against k + 1 of the predictor, not always 4.
+    """
+    out = []
+    for a, b in zip(residuals[:-1], residuals[1:]):
+        a, b = abs(float(a)), abs(float(b))
+        ok = a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)
+        out.append(math.log(a / b) / math.log(factor) if ok else math.nan)
+    return out
+
+
+@cache
+def derive_jvp2(V: int = 3) -> Derivation:
+    """Second-order logits along the step, and the exact softmax functionals on them.
+
+    Per token t: z~_t = z_t + dz1_t + dz2_t / 2,  dz1 = J(s_t) dtheta = d/dt z(theta + t dtheta)|0,
+    dz2 = dtheta^T (d^2 z / d theta^2) dtheta = d^2/dt^2 z(theta + t dtheta)|0 (forward over forward);
+      entropy/delta   = jvp2_dH         = H(softmax z~) - H(softmax z)
+      kl/step         = jvp2_kl         = KL(softmax z || softmax z~)
+      kl/step_reverse = jvp2_kl_reverse = KL(softmax z~ || softmax z)     (then averaged over tokens)
+    Residuals: for a nonlinear 2-parameter-group model z_v = w_v tanh(u x) + u^2 b_v, the first and second
+    t-derivatives of z(theta + t delta) are J delta and delta^T Hess delta (what the nested jvp computes);
+    on V symbolic logits with z~(t) = z + t d + t^2/2 e, dH's t-term is -Cov(log pi, d) and both KLs'
+    t^2-terms are Var(d)/2: jvp's first-order results are the leading terms of this one.
+    Source: the Taylor expansion of z(theta) in dtheta (Ren & Sutherland, ICLR 2025, eq. 3 is its first
+    term); forward-over-forward AD (Griewank & Walther 2008, ch. 13, univariate Taylor propagation).
+    """
+    t, x, u, du = sp.symbols("t x u delta_u", real=True)
+    w = sp.symbols(f"w1:{V + 1}", real=True)
+    b = sp.symbols(f"b1:{V + 1}", real=True)
+    dw = sp.symbols(f"delta_w1:{V + 1}", real=True)
+    theta, delta = [u, *w], [du, *dw]
+
+    def net(ps):
+        uu, ww = ps[0], ps[1:]
+        return [ww[v] * sp.tanh(uu * x) + uu**2 * b[v] for v in range(V)]
+
+    moved = net([p + t * d for p, d in zip(theta, delta)])
+    z = net(theta)
+    J_delta = [sum(zv.diff(p) * d for p, d in zip(theta, delta)) for zv in z]
+    hess_q = [sum(zv.diff(p).diff(q) * dp * dq for p, dp in zip(theta, delta) for q, dq in zip(theta, delta))
+              for zv in z]
+    r_first = sp.Matrix([m.diff(t).subs(t, 0) - j for m, j in zip(moved, J_delta)])
+    r_second = sp.Matrix([m.diff(t, 2).subs(t, 0) - h for m, h in zip(moved, hess_q)])
+
+    zs, d, e = (sp.symbols(f"{n}1:{V + 1}", real=True) for n in ("z", "d", "e"))
+
+    def log_softmax(vec):
+        lse = sp.log(sum(sp.exp(q) for q in vec))
+        return [q - lse for q in vec]
+
+    lp0 = log_softmax(zs)
+    lp1 = log_softmax([zv + t * dv + t**2 / 2 * ev for zv, dv, ev in zip(zs, d, e)])
+    p0, p1 = [sp.exp(q) for q in lp0], [sp.exp(q) for q in lp1]
+    dH = -sum(q * l for q, l in zip(p1, lp1)) + sum(q * l for q, l in zip(p0, lp0))
+    kl = sum(q * (a - c) for q, a, c in zip(p0, lp0, lp1))
+    kl_rev = sum(q * (c - a) for q, a, c in zip(p1, lp0, lp1))
+    Ed = sum(q * dv for q, dv in zip(p0, d))
+    El = sum(q * lv for q, lv in zip(p0, lp0))
+    cov = sum(q * (lv - El) * (dv - Ed) for q, lv, dv in zip(p0, lp0, d))
+    var = sum(q * (dv - Ed) ** 2 for q, dv in zip(p0, d))
+    q = sp.symbols(f"q1:{V + 1}", positive=True)
+    to_q = {zv: sp.log(qv) for zv, qv in zip(zs, q)}  # exp(z_v) = q_v: rational in q, fast to simplify
+
+    def at0(f, k):  # the t^k Taylor coefficient at t = 0
+        return sp.expand_log((f.diff(t, k).subs(t, 0) / sp.factorial(k)).subs(to_q), force=True)
+
+    cov, var = (sp.expand_log(x.subs(to_q), force=True) for x in (cov, var))
+
+    Z, dth = sp.Function("z"), sp.Symbol(r"\Delta\theta")
+    zt = sp.Symbol(r"\tilde z")
+    return Derivation(
+        name="jvp2",
+        statement=sp.Tuple(
+            sp.Eq(zt, Z(sp.Symbol(r"\theta")) + sp.Symbol("dz_1") + sp.Symbol("dz_2") / 2),
+            sp.Eq(sp.Symbol(r"\Delta H"), sp.Symbol(r"H(\mathrm{softmax}\,\tilde z) - H(\pi)")),
+            sp.Eq(sp.Symbol(r"\mathrm{KL}"), sp.Symbol(r"\mathrm{KL}(\pi\,\|\,\mathrm{softmax}\,\tilde z)"))),
+        steps=(
+            ("first directional derivative (jvp)", sp.Eq(sp.Symbol("dz_1"), sp.Derivative(Z(sp.Symbol(r"\theta") + sp.Symbol("t") * dth), sp.Symbol("t")))),
+            ("second directional derivative (jvp of jvp)",
+             sp.Eq(sp.Symbol("dz_2"), sp.Derivative(Z(sp.Symbol(r"\theta") + sp.Symbol("t") * dth), (sp.Symbol("t"), 2)))),
+            ("leading terms = jvp", sp.Tuple(sp.Eq(sp.Symbol(r"\Delta H"), -Cov(sp.Symbol(r"\log\pi"), sp.Symbol("dz_1")) + sp.O(dth**2)),
+                                             sp.Eq(sp.Symbol(r"\mathrm{KL}"), Var(sp.Symbol("dz_1")) / 2 + sp.O(dth**3)))),
+        ),
+        result={"entropy/delta": STAT["jvp2_dH"], "kl/step": STAT["jvp2_kl"],
+                "kl/step_reverse": STAT["jvp2_kl_reverse"]},
+        residuals={
+            "d/dt z(theta + t delta) = J delta": r_first,
+            "d^2/dt^2 z(theta + t delta) = delta^T Hess delta": r_second,
+            "dH on z~: t-term = -Cov(log pi, dz1)": at0(dH, 1) + cov,
+            "KL on z~: no t-term, t^2-term = Var(dz1)/2": sp.Matrix([at0(kl, 1), at0(kl, 2) - var / 2]),
+            "reverse KL on z~: t^2-term = Var(dz1)/2": at0(kl_rev, 2) - var / 2,
+        },
+        source="Taylor expansion of the logits in dtheta; Griewank & Walther 2008, ch. 13",
+    )
+
+
+@cache
+def derive_trust_region() -> Derivation:
+    """The KL trust region's step: s* dtheta with KL_jvp2(s*) = delta, so kl/step = delta up to jvp2's error.
+
+    trainer/trust_region.py solves KL(s) = delta by s <- s sqrt(delta / KL(s)) from s = 1; KL(s) is jvp2's
+    exact KL on z + s dz1 + s^2/2 dz2 (derive_jvp2), whose residual against the real step is O(s^4 |dtheta|^4).
+    Residuals: for the leading-order KL(s) = c s^2 (c = Var(dz1)/2, derive_jvp) one iteration lands on delta
+    exactly; for KL(s) = c s^2 + b s^3 the iteration's fixed point satisfies KL = delta.
+    Source: Schulman et al. 2015 (TRPO), eq. 12-14: a KL constraint on the step, not a penalty.
+    """
+    c, b, sc, dl, sv = sp.symbols("c b s_0 delta s", positive=True)
+    kl = lambda x: c * x**2  # noqa: E731
+    s1 = sc * sp.sqrt(dl / kl(sc))
+    kl3 = c * sv**2 + b * sv**3
+    return Derivation(
+        name="trust_region",
+        statement=sp.Eq(sp.Symbol(r"\mathrm{kl/step}"), sp.Symbol(r"\delta") + sp.O(dl**2)),
+        steps=(("scale solve", sp.Eq(sp.Symbol("s'"), sp.Symbol("s") * sp.sqrt(sp.Symbol(r"\delta") / sp.Symbol("KL(s)")))),),
+        result={"kl/step": STAT["trust_region_kl"]},
+        residuals={
+            "quadratic KL: one iteration lands on delta": kl(s1) - dl,
+            "fixed point s = s sqrt(delta / KL(s)) has KL = delta": (sv * sp.sqrt(dl / kl3) - sv).subs(dl, kl3),
+        },
+        source="Schulman et al. 2015, Trust Region Policy Optimization, eq. 12-14",
+    )
+
+
 def jvp_logit_change(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None,
                      delta: Mapping[str, Tensor], positions: Tensor, *, return_logits: bool = False):
     """dz = J(s) . delta at the selected positions, by one forward-mode pass (torch.func.jvp).
@@ -169,3 +318,48 @@ def linearized_stats(logits: Tensor, dz: Tensor) -> tuple[Tensor, Tensor]:
     """
     m = directional_moments(logits, dz)
     return m["cov"], m["var"]
+
+
+def jvp2_logit_change(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None,
+                      delta: Mapping[str, Tensor], positions: Tensor,
+                      params: Optional[Mapping[str, Tensor]] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(logits, dz1, dz2) at the selected rows, float64 [N, V], by forward-over-forward AD.
+
+    dz1 = J delta and dz2 = d^2/dt^2 z(theta + t delta)|0: torch.func.jvp of the function
+    theta -> jvp(logits, theta, delta), along delta again (one nested pass; derive_jvp2). Model
+    requirements as jvp_logit_change (eager or math attention; rows after EOS left out of `positions`).
+    params: the point theta to expand at, name -> tensor for the names in delta (default: the model's
+    current parameters), so a caller holding theta_after in the model can expand at theta_before
+    without copying weights in and out.
+    """
+    named = dict(model.named_parameters())
+    unknown = [n for n in delta if n not in named]
+    if unknown:
+        raise KeyError(f"delta names parameters the model does not have: {', '.join(unknown)}")
+    names = list(delta)
+    at = named if params is None else params
+    primals = tuple(at[n].detach() for n in names)
+    tangents = tuple(delta[n].detach().to(named[n].dtype) for n in names)
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+
+    def logits_at(*ps: Tensor) -> Tensor:
+        return functional_call(model, dict(zip(names, ps)), args=(), kwargs=kwargs).logits[positions]
+
+    def first(*ps: Tensor) -> tuple[Tensor, Tensor]:
+        return jvp(logits_at, ps, tangents)
+
+    (logits, dz1), (_, dz2) = jvp(first, primals, tangents)
+    return logits.double(), dz1.double(), dz2.double()
+
+
+def expanded_stats(logits: Tensor, dz1: Tensor, dz2: Tensor, scale: float | Tensor = 1.0) -> dict[str, Tensor]:
+    """jvp2_dH, jvp2_kl, jvp2_kl_reverse per row [N], exact on z~ = z + s dz1 + s^2/2 dz2 (float64).
+
+    scale s: the same expansion for the step s dtheta (the trust region's search; s = 1 is the step taken).
+    """
+    z = logits.double()
+    zt = z + scale * dz1.double() + scale**2 / 2 * dz2.double()
+    l0, l1 = torch.log_softmax(z, -1), torch.log_softmax(zt, -1)
+    p0, p1 = l0.exp(), l1.exp()
+    return {"jvp2_dH": (p0 * l0).sum(-1) - (p1 * l1).sum(-1), "jvp2_kl": (p0 * (l0 - l1)).sum(-1),
+            "jvp2_kl_reverse": (p1 * (l1 - l0)).sum(-1)}

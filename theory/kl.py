@@ -131,7 +131,8 @@ def derive_kl_gradients(V: int = 3) -> Derivation:
     As a reward penalty (score-function gradient E_pi[k(x) s_x], k stop-gradient):
       k1: grad KL(pi||r)         k2: grad E_pi k2 - grad KL(pi||r)            k3: grad KL(pi||r) - grad KL(r||pi)
     As a loss, off-policy (x ~ mu, no importance weight):
-      k1: E_mu[s_x] = -grad KL(mu||pi)   (pulls pi toward the behaviour policy, whatever r is);
+      k1: E_mu[s_x] = -grad KL(mu||pi)   (minimizing it ascends KL(mu||pi): it pushes pi away from the behaviour
+          policy, whatever r is);
       with the weight pi/mu each loss gradient is its on-policy one again.
     Residuals check every line for a concrete V. Source: Schulman 2020; Tang & Munos 2025, sec. 3-4.
     """

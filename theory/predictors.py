@@ -1,12 +1,16 @@
 """Predictors: per-step batch statistics in (docs/contracts.md), predicted metric values out.
 
-Each predictor `fn(stats, **params) -> dict[metric name, float]` is registered under the name of the
+Each predictor `fn(stats) -> dict[metric name, float]` is registered under the name of the
 derivation it was compiled from: predictor `X` <- `derive_X` (its `.derivation`) <- notebook section
 "X" <- tests `test_X_*`. The recorder writes its outputs as `pred/X/<metric>`.
 Token-level formulas are evaluated per token in float64 and averaged over the N tokens (the
 reduction of `entropy/token_mean` and `kl/step`); the tests hold each against its derivation's result,
 lambdified. A key a predictor needs and the stats lack raises MissingStatError (a KeyError) naming it;
 a metric that cannot be computed from what is there (an empty batch, no mixed group) is absent, never 0.
+One signature, no parameters: the run's settings a formula needs (clip range, caps, lr, group size,
+GRPO's epsilon) are 0-d scalars in the stats, written by whoever assembles them from the run's config
+(probes.recorder, probes.offpolicy, solidrl transfer; docs/contracts.md names them), so a prediction
+follows the run's config and no default is copied here.
 
 Left out: predictions that need more than one step's statistics (trajectories are probe-check's).
 """
@@ -20,18 +24,15 @@ from torch import Tensor
 
 from solidrl.theory.advantages import derive_grpo_gradnorm_ratio
 from solidrl.theory.entropy import derive_cov_entropy, derive_tabular_adam, derive_tabular_npg, derive_tabular_sgd
-from solidrl.theory.kernel import derive_jvp, derive_kernel_crosstalk
+from solidrl.theory.kernel import ORDERS, derive_jvp, derive_jvp2, derive_kernel_crosstalk, derive_trust_region
 from solidrl.theory.offpolicy import derive_clip_frac, derive_icepop, derive_tis
 from solidrl.theory.registry import Registry
 
-__all__ = ["PREDICTORS", "MissingStatError", "GRPO_STD_EPS", "predictor", "need"]
+__all__ = ["PREDICTORS", "MissingStatError", "predictor", "need"]
 
 Stats = Mapping[str, Tensor]
-PredictorFn = Callable[..., dict[str, float]]
+PredictorFn = Callable[[Stats], dict[str, float]]
 PREDICTORS: Registry[PredictorFn] = Registry("predictor")
-
-GRPO_STD_EPS = 1e-6  # the trainer's GRPO epsilon (trainer/algos.py GRPO_STD_EPS; a test holds them equal)
-
 
 class MissingStatError(KeyError):
     """A stats key a predictor needs is absent; ``str()`` is a one-line message naming it."""
@@ -72,6 +73,12 @@ def _predictor(name: str, derivation: Callable) -> Callable[[PredictorFn], Predi
 
 need = _need
 """need(stats, predictor_name, *keys) -> float64 tensors, or MissingStatError naming the absent key (public)."""
+
+
+def _scalar(stats: Stats, name: str, key: str) -> float:
+    """A 0-d run setting from the stats (docs/contracts.md, "Scalars"), or MissingStatError naming it."""
+    (x,) = _need(stats, name, key)
+    return float(x)
 
 
 def _mean(x: Tensor) -> float:
@@ -144,17 +151,19 @@ def tabular_adam(stats: Stats) -> dict[str, float]:
 
 
 @_predictor("cov_entropy", derive_cov_entropy)
-def cov_entropy(stats: Stats, form: str = "npg") -> dict[str, float]:
+def cov_entropy(stats: Stats) -> dict[str, float]:
     """Cui et al.'s covariance law, estimated over the batch: dH = -lr Cov_batch(logp, x).
 
-    x = coef (form "npg", Theorem 2) or pi_a * coef (form "pg", Theorem 1, which assumes coefficients
+    x = coef (form 0, "npg", Theorem 2) or pi_a * coef (form 1, "pg", Theorem 1, which assumes coefficients
     centred under pi). Cov_batch is the population covariance over the N tokens.
-    stats: logp, coef [N]; lr. Derivation: theory.entropy.derive_cov_entropy (Cui et al. 2025, sec. 4).
+    stats: logp, coef [N]; lr; optional `cov_entropy_form` (0-d, 0 = npg, 1 = pg; absent = 0: the form the
+    recorder reports). Derivation: theory.entropy.derive_cov_entropy (Cui et al. 2025, sec. 4).
     """
-    if form not in ("npg", "pg"):
-        raise ValueError(f"cov_entropy form must be 'npg' or 'pg', got {form!r}")
     logp, c, lr = _need(stats, "cov_entropy", "logp", "coef", "lr")
-    x = c if form == "npg" else logp.exp() * c
+    form = int(stats["cov_entropy_form"]) if "cov_entropy_form" in stats else 0
+    if form not in (0, 1):
+        raise ValueError(f"stats cov_entropy_form must be 0 (npg) or 1 (pg), got {form}")
+    x = c if form == 0 else logp.exp() * c
     return _present({"entropy/delta": _mean(-lr * (logp - logp.mean()) * (x - x.mean()))})
 
 
@@ -168,6 +177,38 @@ def jvp(stats: Stats) -> dict[str, float]:
     """
     cov, var = _need(stats, "jvp", "jvp_cov", "jvp_var")
     return _present({"entropy/delta": _mean(-cov), "kl/step": _mean(var / 2)})
+
+
+jvp.orders = ORDERS["jvp"]
+
+
+@_predictor("jvp2", derive_jvp2)
+def jvp2(stats: Stats) -> dict[str, float]:
+    """Second-order logits with exact softmax functionals: z~ = z + dz1 + dz2/2 from the nested JVP probe.
+
+    entropy/delta = mean_t jvp2_dH;   kl/step = mean_t jvp2_kl;   kl/step_reverse = mean_t jvp2_kl_reverse
+    stats: jvp2_dH, jvp2_kl, jvp2_kl_reverse [N] (theory.kernel.expanded_stats of jvp2_logit_change; [M]
+    with jvp_index when probes.max_states limits the probe). Exact to O(dtheta^2) in the logits: residual
+    O(dtheta^3) for dH and O(dtheta^4) for the KLs (theory.kernel.ORDERS).
+    Derivation: theory.kernel.derive_jvp2.
+    """
+    dH, kl, kr = _need(stats, "jvp2", "jvp2_dH", "jvp2_kl", "jvp2_kl_reverse")
+    return _present({"entropy/delta": _mean(dH), "kl/step": _mean(kl), "kl/step_reverse": _mean(kr)})
+
+
+jvp2.orders = ORDERS["jvp2"]
+
+
+@_predictor("trust_region", derive_trust_region)
+def trust_region(stats: Stats) -> dict[str, float]:
+    """The KL trust region's target: kl/step = delta (optim.trust_region_kl), absent when it is off (delta = 0).
+
+    stats: trust_region_kl (0-d, the run's optim.trust_region_kl). What the trust region claims, as a
+    prediction probe-check can hold kl/step to; its error is jvp2's on the scaled step.
+    Derivation: theory.kernel.derive_trust_region (Schulman et al. 2015, eq. 12-14).
+    """
+    d = _scalar(stats, "trust_region", "trust_region_kl")
+    return {"kl/step": d} if d > 0 else {}
 
 
 @_predictor("kernel_crosstalk", derive_kernel_crosstalk)
@@ -191,18 +232,20 @@ def grpo_gradnorm_ratio(stats: Stats) -> dict[str, float]:
     """Predicted ||grad|| of GRPO over that of Dr.GRPO and of RLOO, from one batch's group rewards.
 
     ratio^2 = sum_{g,i} (A^grpo_{g,i})^2 / sum_{g,i} (A^base_{g,i})^2, A^grpo = (r - mean_g)/(std_g + 1e-6)
-    (population std), A^dr = r - mean_g, A^rloo = G_g/(G_g - 1) A^dr. Binary rewards: ratio vs Dr.GRPO =
+    (population std, 1e-6 = stats grpo_std_eps), A^dr = r - mean_g, A^rloo = G_g/(G_g - 1) A^dr. Binary rewards: ratio vs Dr.GRPO =
     sqrt(#mixed groups / sum_g p_g (1 - p_g)). Assumes score vectors uncorrelated across samples
     (see the derivation). Absent when no group has two distinct rewards.
-    stats: reward [S], group_index [S] (long). Derivation: theory.advantages.derive_grpo_gradnorm_ratio.
+    stats: reward [S], group_index [S] (long); grpo_std_eps (the trainer's epsilon, 1e-6).
+    Derivation: theory.advantages.derive_grpo_gradnorm_ratio.
     """
     (r,) = _need(stats, "grpo_gradnorm_ratio", "reward")
+    eps = _scalar(stats, "grpo_gradnorm_ratio", "grpo_std_eps")
     (gi,) = _need(stats, "grpo_gradnorm_ratio", "group_index")
     _, g = torch.unique(gi.long(), return_inverse=True)
     n = torch.bincount(g).double()
     mean = torch.zeros_like(n).index_add_(0, g, r) / n
     ss = torch.zeros_like(n).index_add_(0, g, (r - mean[g]) ** 2)  # sum_i (A^dr)^2 per group
-    grpo_ss = ss / (torch.sqrt(ss / n) + GRPO_STD_EPS) ** 2
+    grpo_ss = ss / (torch.sqrt(ss / n) + eps) ** 2
     rloo_ss = torch.where(n > 1, (n / (n - 1).clamp(min=1)) ** 2 * ss, torch.zeros_like(ss))
     if not float(ss.sum()) > 0:
         return {}
@@ -237,18 +280,18 @@ def _log(x: float) -> float:
 
 
 @_predictor("clip_frac", derive_clip_frac)
-def clip_frac(stats: Stats, eps: float = 0.2, eps_high: float | None = None) -> dict[str, float]:
+def clip_frac(stats: Stats) -> dict[str, float]:
     """Predicted fraction of tokens whose PPO clip is active, from the spread of the log-ratios.
 
     ratio/clip_frac = f+ P(r > 1 + eps_high) + f- P(r < 1 - eps) (the two terms: ratio/clip_frac_high and
     ratio/clip_frac_low, as docs/metrics.md defines them), log r ~ N(m, s^2) with m, s the mean and
     std of stats `log_ratio`, f+/f- the fractions of tokens with adv > 0 / adv < 0. Active = the clipped
-    branch of min(rA, clip(r)A) is taken (the token's gradient is zeroed). eps_high defaults to eps
-    (trainer PolicyLossParams: 0.2 / 0.2). The ratio modelled is the one whose log `log_ratio` holds
+    branch of min(rA, clip(r)A) is taken (the token's gradient is zeroed). eps = stats eps_low,
+    eps_high = stats eps_high (the run's algo.eps_low / eps_high). The ratio modelled is the one whose log `log_ratio` holds
     (pi_train_old / pi_rollout); for staleness, s ~ sqrt(2 kl/step) (derive_ratio_decomposition).
-    stats: log_ratio, adv [N]. Derivation: theory.offpolicy.derive_clip_frac (PPO eq. 7).
+    stats: log_ratio, adv [N]; eps_low, eps_high. Derivation: theory.offpolicy.derive_clip_frac (PPO eq. 7).
     """
-    eh = eps if eps_high is None else eps_high
+    eps, eh = _scalar(stats, "clip_frac", "eps_low"), _scalar(stats, "clip_frac", "eps_high")
     m, s = _gauss(stats, "clip_frac")
     (adv,) = _need(stats, "clip_frac", "adv")
     fp, fn = (adv > 0).double().mean(), (adv < 0).double().mean()
@@ -258,13 +301,14 @@ def clip_frac(stats: Stats, eps: float = 0.2, eps_high: float | None = None) -> 
 
 
 @_predictor("tis", derive_tis)
-def tis(stats: Stats, C: float = 2.0) -> dict[str, float]:
+def tis(stats: Stats) -> dict[str, float]:
     """Truncated IS, w = min(rho, C): predicted touched fraction and mean weight, log rho ~ N(m, s^2).
 
     correction/touched_frac = P(rho > C);  correction/weight_mean = e^{m + s^2/2} - E(rho - C)_+.
-    C defaults to trainer CorrectionParams.tis_cap (2). stats: log_ratio [N].
+    C = stats tis_cap (the run's offpolicy.tis_cap). stats: log_ratio [N]; tis_cap.
     Derivation: theory.offpolicy.derive_tis (Yao et al. 2025; IMPALA eq. 1).
     """
+    C = _scalar(stats, "tis", "tis_cap")
     m, s = _gauss(stats, "tis")
     a = math.log(C)
     excess = _ratio_tail_mean(a, m, s) - C * _tail(a, m, s)
@@ -273,13 +317,14 @@ def tis(stats: Stats, C: float = 2.0) -> dict[str, float]:
 
 
 @_predictor("icepop", derive_icepop)
-def icepop(stats: Stats, alpha: float = 0.5, beta: float = 2.0) -> dict[str, float]:
+def icepop(stats: Stats) -> dict[str, float]:
     """IcePop, w = rho 1[alpha <= rho <= beta]: predicted touched fraction and mean weight, log rho ~ N(m, s^2).
 
     correction/touched_frac = P(rho < alpha) + P(rho > beta);  correction/weight_mean = E[rho 1[alpha <= rho <= beta]].
-    Defaults are trainer CorrectionParams.icepop_low / icepop_high (0.5, 2). stats: log_ratio [N].
-    Derivation: theory.offpolicy.derive_icepop (Ring-1T, arXiv 2510.18855).
+    alpha, beta = stats icepop_low, icepop_high (the run's offpolicy.icepop_low / icepop_high).
+    stats: log_ratio [N]; icepop_low, icepop_high. Derivation: theory.offpolicy.derive_icepop (Ring-1T, arXiv 2510.18855).
     """
+    alpha, beta = _scalar(stats, "icepop", "icepop_low"), _scalar(stats, "icepop", "icepop_high")
     m, s = _gauss(stats, "icepop")
     lo, hi = _log(alpha), _log(beta)
     return _present({"correction/touched_frac": float(1 - _tail(lo, m, s) + _tail(hi, m, s)),

@@ -112,6 +112,15 @@ class OptimConfig:
     """>= 0."""
     grad_clip: float = 0.0
     """Max global grad norm; 0 = no clipping (the perfect baseline)."""
+    trust_region_kl: float = 0.0
+    """KL trust region delta (0 = off): each optimizer update is rescaled along its own direction so that
+    KL(pi_old || pi_new) over the update's response tokens is delta (trainer/trust_region.py)."""
+    trust_region_mode: str = "predict"
+    """How the trust region gets KL(s) of the scaled step: predict (jvp2's second-order logits, one nested
+    forward-mode pass) or line_search (the exact KL, one forward per trial scale; the comparison)."""
+    trust_region_max_scale: float = 10.0
+    """The largest factor the trust region grows a step by (a step whose KL stays below delta at this scale is
+    taken at it)."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +183,9 @@ class ProbesConfig:
     """Run the probes every N steps (rows in between carry only the loop's own keys)."""
     jvp_every: int = 0
     """Run the JVP first-order predictor every N steps (0 = off; it costs about three forwards)."""
+    jvp2_every: int = 0
+    """Run the second-order logit predictor `jvp2` (forward-over-forward AD: dz1 and dz2 in one nested pass,
+    which also gives the first-order jvp's stats) every N steps (0 = off)."""
     max_states: int = 0
     """Evaluate the expensive probes (the step and reference forwards, the JVP) on at most this many sequences (0 = all)."""
     save_stats: bool = True
@@ -569,6 +581,11 @@ def validate(cfg: TrainConfig, check_system: bool = True) -> None:
         (p.every >= 1, "probes.every must be >= 1"),
         (p.jvp_every >= 0 and p.audit_every >= 0 and p.max_states >= 0,
          "probes.jvp_every, probes.audit_every and probes.max_states must be >= 0 (0 = off / all)"),
+        (o.trust_region_kl >= 0 and o.trust_region_max_scale > 0,
+         "optim.trust_region_kl must be >= 0 (0 = off) and optim.trust_region_max_scale > 0"),
+        (o.trust_region_mode in ("predict", "line_search"),
+         f"optim.trust_region_mode {o.trust_region_mode!r} unknown; known: predict, line_search"),
+        (p.jvp2_every >= 0, f"probes.jvp2_every must be >= 0 (0 = off), got {p.jvp2_every}"),
         (cfg.model.dtype in ("float32", "float64", "bfloat16"),
          f"model.dtype {cfg.model.dtype!r} unknown; known: float32, float64, bfloat16"),
     ]

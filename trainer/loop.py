@@ -59,7 +59,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from . import algos, shaping
+from . import algos, shaping, trust_region
 from .collapse import CollapseDetector
 from .config import ConfigError, TrainConfig, validate
 from .context import StepContext, StepFrom, correction_params, policy_loss_params
@@ -171,6 +171,7 @@ class Trainer:
         self.hooks: dict[str, list[Callable[[StepContext], None]]] = {p: [] for p in HOOK_POINTS}
         self._unclocked: set[int] = set()  # id() of hooks whose time is not the step's
         self._unclocked_s = 0.0
+        self.trust_region = trust_region.attach(self)  # None unless optim.trust_region_kl > 0
         self.collapse = CollapseDetector(cfg.run, self.model.config.vocab_size)
         self.start_step = 0
         self.version = 0  # optimizer steps taken
@@ -417,7 +418,12 @@ class Trainer:
                 ctx.update, ctx.index, ctx.logits, ctx.logp = len(losses), idx, logits.detach(), logp
                 ctx.loss, ctx.loss_parts, ctx.grad_norm = loss.detach(), parts, float(gnorm)
                 self._fire(hooks, "after_backward", ctx)
+                tr = self.trust_region
+                if tr is not None:
+                    tr.snapshot()
                 opt.step()
+                if tr is not None:
+                    tr.rescale(sub)  # the step scaled to a predicted KL(pi_old || pi_new) = delta
                 self._fire(hooks, "after_optimizer_step", ctx)
                 losses.append(loss.item())
                 gnorms.append(float(gnorm))
