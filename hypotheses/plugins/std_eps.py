@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from solidrl.theory.derivation import Derivation
-from solidrl.theory.predictors import GRPO_STD_EPS, need, predictor
+from solidrl.theory.predictors import need, predictor
+from solidrl.trainer.algos import GRPO_STD_EPS  # the epsilon of the GRPO it is compared with
 from solidrl.trainer.algos import advantage
 
 
