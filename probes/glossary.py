@@ -41,6 +41,8 @@ NAMES: tuple[str, ...] = (
     "offpolicy/version_lag_max", "mismatch/fresh_logp_abs_max", "pred/clip_frac/rollout_ratio/clip_frac",
     "pred/ratio_decomposition/rollout_ratio/log_var",
     "pred/ratio_decomposition_coherent/rollout_ratio/log_var", "collapse/kind", "collapse/reason",
+    "controller/kl_coef", "controller/entropy_coef", "trust_region/scale", "trust_region/kl_pred",
+    "trust_region/iters",
 )
 
 

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from solidrl.probes.check import report
+from solidrl.probes.check.verdict import method_info
 from solidrl.trainer import io as tio
 
 
@@ -59,7 +60,7 @@ def test_a_failed_write_mid_text_keeps_the_previous_file(tmp_path, monkeypatch):
 def test_report_write_failure_keeps_the_previous_report(tmp_path, monkeypatch):
     result = {"hypothesis": {"name": "h", "claim": "c"}, "mode": "quick", "steps": 2, "seeds": [0],
               "summary": {"confirmed": 0, "refuted": 0, "inconclusive": 0}, "exit_code": 0, "predictions": [],
-              "runs": [], "method": {"interval": "percentile", "bootstrap_resamples": 10, "confidence": 0.9, "rng_seed": 0}}
+              "runs": [], "method": method_info()}
     report.write(result, tmp_path, plots=False)
     good = {n: (tmp_path / n).read_text() for n in ("report.json", "report.md")}
     assert json.loads(good["report.json"])["exit_code"] == 0

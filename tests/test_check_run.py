@@ -9,7 +9,7 @@ import torch
 
 from solidrl.probes.check.run import Shadow
 from solidrl.trainer.config import TrainConfig, apply_overrides
-from solidrl.trainer.loop import Trainer
+from solidrl.trainer.loop import StepFrom, Trainer
 
 from conftest import tiny_overrides
 
@@ -19,12 +19,11 @@ def test_continue_copies_the_moments_and_a_fresh_step_moves_each_weight_by_about
     base = Trainer(cfg, tmp_path / "base", progress=False)
     base.train_step(0)
 
-    cont = Shadow(base, cfg, tmp_path / "cont", every=1)
-    cont._sync()
-    want, got = base.optimizer.state_dict()["state"], cont.t.optimizer.state_dict()["state"]
+    # continue: the step starts from a copy of the baseline's moments; fresh: from none
+    want, got = base.optimizer.state_dict()["state"], StepFrom.of(base).optimizer["state"]
     assert want.keys() == got.keys() and len(want) > 0
     assert all(torch.equal(want[k]["exp_avg"], got[k]["exp_avg"]) for k in want)
-    cont.close("finished")
+    assert StepFrom.of(base, optimizer=False).optimizer is None
 
     fresh = Shadow(base, cfg, tmp_path / "fresh", every=1, fresh_optimizer=True)
     fresh.step(1)
@@ -34,7 +33,6 @@ def test_continue_copies_the_moments_and_a_fresh_step_moves_each_weight_by_about
     norm = math.sqrt(sum(float(((p.grad.abs() / (p.grad.abs() + eps)) ** 2).sum())
                          for p in fresh.t.model.parameters() if p.grad is not None))
     assert fresh.row["update/norm_over_lr"] == pytest.approx(norm, rel=1e-3)
-    assert len(fresh.t.optimizer.state) > 0   # the shadow's own step leaves moments behind ...
-    fresh._sync()                             # ... which the next sync drops
+    # a counterfactual step builds its own optimizer: the shadow trainer's optimizer never moves
     assert len(fresh.t.optimizer.state) == 0
     fresh.close("finished")

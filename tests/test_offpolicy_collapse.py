@@ -3,7 +3,6 @@ every row written before (an injected NaN, a synthetic reward crash)."""
 import json
 import math
 
-import pytest
 import torch
 
 from conftest import read_rows, tiny_overrides

@@ -2,7 +2,6 @@
 and the corrections' weights token by token (tiny nano runs; the cold start is cached per session)."""
 import numpy as np
 import pytest
-import torch
 
 from conftest import read_rows, tiny_overrides
 from solidrl.probes import offpolicy

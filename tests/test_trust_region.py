@@ -39,8 +39,13 @@ def test_trust_region_holds_kl_step_at_delta(tmp_path, mode, delta):
         assert abs(r["kl/step"] / delta - 1) < 0.10, (r["step"], r["kl/step"], r["trust_region/scale"])
         assert r["trust_region/kl_pred"] == pytest.approx(delta, rel=1e-3)
     scales = [r["trust_region/scale"] for r in rows]
-    if delta != 0.05:
-        assert all(s < 1 for s in scales) if delta == 0.01 else all(s > 1 for s in scales), scales
+    # delta 0.01 is below nano's natural kl/step at lr 3e-4 (~0.05): the typical step shrinks (a single
+    # step's proposal can fall below delta late in a short run, so the median, not every step);
+    # delta 0.2 is far above it: every step grows
+    if delta == 0.01:
+        assert sorted(scales)[len(scales) // 2] < 1, scales
+    elif delta == 0.2:
+        assert all(s > 1 for s in scales), scales
 
 
 def test_trust_region_off_changes_nothing(tmp_path):

@@ -536,8 +536,9 @@ class Trainer:
             self.status = {"status": "failed", "reason": "interrupted (KeyboardInterrupt); resume with --resume"}
             raise
         except BaseException as e:
-            msg = str(e).splitlines()[0] if str(e) else ""
-            self.status = {"status": "failed", "reason": f"{type(e).__name__}: {msg}"}
+            if self.status.get("status") != "failed":  # a hook that stopped the run may have said why already
+                msg = str(e).splitlines()[0] if str(e) else ""
+                self.status = {"status": "failed", "reason": f"{type(e).__name__}: {msg}"}
             raise
         finally:
             bar.close()
