@@ -3,7 +3,7 @@
 docs/metrics.md is the glossary (one line per key: meaning, formula, reduction, when logged); this
 module is its first column, so that probe-check can refuse an unknown metric when it parses a
 hypothesis file (probes/check/hypothesis.py), before any cold start, without reading docs/ (which an
-installed package does not carry). tests/test_glossary.py keeps NAMES equal to the names
+installed package does not carry). tests/test_docs_metrics.py keeps NAMES equal to the names
 `names_in_markdown` reads from docs/metrics.md: a new metric goes into both.
 
 Placeholders: `{i}`, `{k}` and `<part>` match one name segment (text without '/'); the `<metric>` of

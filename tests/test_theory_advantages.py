@@ -1,7 +1,7 @@
 """Advantage estimators and aggregation (theory.advantages): symbolic checks and the gradient-norm predictor.
 
 The estimators' own properties (RLOO sums to zero, shift/scale invariance, exact expected gradients of
-the trainer's functions) are in test_theory_estimator_properties.py.
+the trainer's functions) are in test_trainer_algos_properties.py.
 """
 import numpy as np
 import pytest

@@ -1,6 +1,6 @@
 """KL estimators (theory.kl): symbolic bias/variance/gradient claims, and the gradient claims again by autograd.
 
-The estimator properties of the trainer's k1/k2/k3 functions are in test_theory_estimator_properties.py.
+The estimator properties of the trainer's k1/k2/k3 functions are in test_trainer_algos_properties.py.
 """
 import numpy as np
 import pytest

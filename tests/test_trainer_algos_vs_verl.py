@@ -26,7 +26,7 @@ try:
         from verl.workers.config.actor import PolicyLossConfig
 except ImportError as exc:  # a clear message, never a skip
     raise ImportError(
-        "tests/test_peers_verl.py needs verl 0.9.1 and its import-time deps: run scripts/install.sh, or "
+        "tests/test_trainer_algos_vs_verl.py needs verl 0.9.1 and its import-time deps: run scripts/install.sh, or "
         "`pip install -e '.[dev,peers]' && pip install --no-deps verl==0.9.1`") from exc
 
 from solidrl.trainer.algos import (

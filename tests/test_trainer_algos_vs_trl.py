@@ -23,7 +23,7 @@ try:
     from trl.trainer.grpo_trainer import GRPOTrainer
     from trl.trainer.utils import nanstd
 except ImportError as exc:  # never a skip
-    raise ImportError("tests/test_peers_trl.py needs TRL 1.16: pip install -e '.[dev]' (scripts/install.sh)") from exc
+    raise ImportError("tests/test_trainer_algos_vs_trl.py needs TRL 1.16: pip install -e '.[dev]' (scripts/install.sh)") from exc
 
 from solidrl.trainer.algos import ADVANTAGES, AGGREGATIONS, POLICY_LOSSES, PolicyLossParams
 

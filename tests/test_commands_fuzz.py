@@ -8,7 +8,7 @@ The commands run in-process (their `main()`), always with --validate, so a case 
 accepted would exit 0 and fail the test rather than start training.
 
 The fast sample (default run) draws 40 cases of each kind; the slow set draws 500 hypothesis files and
-500 argument vectors (`pytest -m slow tests/test_fuzz_inputs.py`).
+500 argument vectors (`pytest -m slow tests/test_commands_fuzz.py`).
 """
 from __future__ import annotations
 
