@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from conftest import read_rows, tiny_overrides
-from test_trl_logs import _glossary_names, _pattern
+from test_integrations_logs import _glossary_names, _pattern
 
 from solidrl.probes.commands.cli import main
 
