@@ -33,6 +33,8 @@ fix), plots/summary.png (log-var observed vs predicted per rung), runs/<rung>/<f
 full run directory; one already finished with the same config is reused, not rerun).
 
 Left out: learning-rate or batch-size rungs (not off-policy knobs), and fixes stacked on each other.
+Size: ~520 lines: the plan, the runner, the table and the plots of one command, which read the same
+RUNGS x FIXES registry; split, each part would import the others.
 """
 from __future__ import annotations
 
