@@ -330,6 +330,43 @@ lr = 0.5 * torch.randn(n, generator=g) - 0.125
 out = PREDICTORS.get("icepop")({"log_ratio": lr, "icepop_low": torch.tensor(0.5), "icepop_high": torch.tensor(2.0)})
 w = torch.where((lr.exp() >= 0.5) & (lr.exp() <= 2.0), lr.exp(), torch.zeros(()))
 print(out, "Monte Carlo:", float((w == 0).double().mean()), float(w.mean()))"""),
+    ("md", "## tis_two_sided\nTwo-sided TIS $w = \\mathrm{clamp}(\\rho, l, C)$: tokens raised to the floor or cut to the cap are touched."),
+    ("code", """\
+show(offpolicy.derive_tis_two_sided())
+lr = 0.5 * torch.randn(n, generator=g) - 0.125
+out = PREDICTORS.get("tis_two_sided")({"log_ratio": lr, "tis_low": torch.tensor(0.5), "tis_cap": torch.tensor(2.0)})
+mc = float(((lr.exp() < 0.5) | (lr.exp() > 2.0)).double().mean())
+print(out, "Monte Carlo touched:", mc)
+assert abs(out["correction/touched_frac"] - mc) < 0.01"""),
+    ("md", "## seq_tis\nSequence-level TIS: a row of $L$ tokens is touched when $\\sum_t X_t \\sim N(Lm, Ls^2)$ exceeds $\\log C$."),
+    ("code", """\
+show(offpolicy.derive_seq_tis())
+Ls = [1, 2, 4, 8, 16, 32]
+pred, mc = [], []
+for L in Ls:
+    x = 0.25 * torch.randn(4000, L, generator=g) - 0.03
+    pred.append(PREDICTORS.get("seq_tis")({"log_ratio": x.flatten(), "seq_index": torch.arange(4000).repeat_interleave(L),
+                                           "tis_cap": torch.tensor(2.0)})["correction/touched_frac"])
+    mc.append(float((x.sum(-1) > np.log(2.0)).double().mean()))
+plt.plot(Ls, mc, "o", label="Monte Carlo"); plt.plot(Ls, pred, "-", label="seq_tis"); plt.xscale("log"); plt.xlabel("L"); plt.legend(); plt.show()
+assert np.allclose(pred, mc, atol=0.03)"""),
+    ("md", "## masked_seq_is\nRows rejected on their geometric-mean ratio: the mean log-ratio of $L$ independent tokens is $N(m, s^2/L)$."),
+    ("code", """\
+show(offpolicy.derive_masked_seq_is())
+pred, mc = [], []
+for L in Ls:
+    x = 0.5 * torch.randn(4000, L, generator=g)
+    pred.append(PREDICTORS.get("masked_seq_is")({"log_ratio": x.flatten(), "seq_index": torch.arange(4000).repeat_interleave(L),
+                                                 "seq_low": torch.tensor(0.8), "seq_high": torch.tensor(1.25)})["correction/touched_frac"])
+    gm = x.mean(-1).exp()
+    mc.append(float(((gm < 0.8) | (gm > 1.25)).double().mean()))
+plt.plot(Ls, mc, "o", label="Monte Carlo"); plt.plot(Ls, pred, "-", label="masked_seq_is"); plt.xscale("log"); plt.xlabel("L"); plt.legend(); plt.show()
+assert np.allclose(pred, mc, atol=0.03)"""),
+    ("md", "## geo_rs\nGeo-RS rejects the same rows without IS (a kept token keeps weight 1), so its touched fraction is masked_seq_is's."),
+    ("code", """\
+show(offpolicy.derive_geo_rs())
+st = {"log_ratio": x.flatten(), "seq_index": torch.arange(4000).repeat_interleave(Ls[-1]), "seq_low": torch.tensor(0.8), "seq_high": torch.tensor(1.25)}
+print(PREDICTORS.get("geo_rs")(st), PREDICTORS.get("masked_seq_is")(st))"""),
 ]
 
 NOTEBOOKS = {

@@ -24,6 +24,8 @@ Left out: gradients of anything but the loss actually minimized (no extra backwa
 """
 from __future__ import annotations
 
+import inspect
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -34,7 +36,7 @@ import torch
 from torch import Tensor
 
 from solidrl.theory.predictors import PREDICTORS
-from solidrl.trainer.algos import GRPO_STD_EPS
+from solidrl.trainer.algos import GRPO_STD_EPS, tis_two_sided
 from solidrl.trainer.config import ConfigError
 from solidrl.trainer.loop import NonFiniteError, StepContext, Trainer
 from solidrl.trainer.rollout import Rollout, response_logits
@@ -97,8 +99,15 @@ def run_scalars(cfg) -> dict[str, Tensor]:
     a, o = cfg.algo, cfg.offpolicy
     # the GRPO epsilon the run's advantage uses (grpo's `eps` parameter, docs/peers.md), else the trainer's default
     grpo_eps = cfg.entry_params("algo.advantage").get("eps", GRPO_STD_EPS) if a.advantage == "grpo" else GRPO_STD_EPS
+    # tis_two_sided's floor and the sequence bounds on the ratio (mirrored for convention "verl_k1", algos._seq_keep)
+    cp = cfg.entry_params("offpolicy.correction")
+    tis_low = cp.get("low", inspect.signature(tis_two_sided).parameters["low"].default)
+    seq_low, seq_high = o.seq_low, o.seq_high
+    if cp.get("convention") == "verl_k1":
+        seq_low, seq_high = (1 / o.seq_high if o.seq_high > 0 else math.inf), (1 / o.seq_low if o.seq_low > 0 else math.inf)
     vals = {"eps_low": a.eps_low, "eps_high": a.eps_high, "tis_cap": o.tis_cap, "icepop_low": o.icepop_low,
-            "icepop_high": o.icepop_high, "grpo_std_eps": grpo_eps, "trust_region_kl": cfg.optim.trust_region_kl}
+            "icepop_high": o.icepop_high, "grpo_std_eps": grpo_eps, "trust_region_kl": cfg.optim.trust_region_kl,
+            "tis_low": tis_low, "seq_low": seq_low, "seq_high": seq_high}
     return {k: torch.tensor(float(v), dtype=F64) for k, v in vals.items()}
 
 

@@ -73,6 +73,7 @@ STATS_NEEDED = {
     "tabular_sgd": "sum_p2", "tabular_npg": "logp", "tabular_adam": "coef", "cov_entropy": "lr", "jvp": "jvp_var",
     "kernel_crosstalk": "jvp_cov", "grpo_gradnorm_ratio": "group_index", "clip_frac": "adv", "tis": "log_ratio",
     "icepop": "log_ratio", "jvp2": "jvp2_kl", "trust_region": "trust_region_kl",
+    "tis_two_sided": "tis_low", "seq_tis": "seq_index", "masked_seq_is": "seq_low", "geo_rs": "seq_high",
 }
 
 
@@ -87,7 +88,8 @@ def full_stats(N=5):
             # the run's settings (docs/contracts.md, "Scalars"), as probes.recorder.run_scalars writes them
             **{k: torch.tensor(v, dtype=torch.float64) for k, v in {
                 "eps_low": 0.2, "eps_high": 0.28, "tis_cap": 2.0, "icepop_low": 0.5, "icepop_high": 2.0,
-                "grpo_std_eps": 1e-6, "trust_region_kl": 0.01}.items()}}
+                "grpo_std_eps": 1e-6, "trust_region_kl": 0.01,
+                "tis_low": 0.5, "seq_low": 0.5, "seq_high": 2.0}.items()}}
 
 
 @pytest.mark.parametrize("name,key", sorted(STATS_NEEDED.items()))

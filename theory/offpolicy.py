@@ -13,8 +13,12 @@ Derivations (each pairs with the predictor of the same name):
   clip_frac            P(clip active) = f+ P(e^X > 1 + eps_high) + f- P(e^X < 1 - eps_low)
   tis                  w = min(e^X, C): touched P(e^X > C), E w = E e^X - E (e^X - C)_+
   icepop               w = e^X 1[alpha <= e^X <= beta]: touched P(e^X < alpha) + P(e^X > beta)
+  tis_two_sided        w = clamp(e^X, l, C): touched P(e^X < l) + P(e^X > C)
+  seq_tis              w_b = min(prod_t rho_t, C): a row of L tokens touched w.p. P(N(L m, L s^2) > log C)
+  masked_seq_is, geo_rs  rows rejected on their geometric-mean ratio, mean log-ratio ~ N(m, s^2 / L)
 
-Left out: sequence-level corrections (masked_seq_is: its ratio is a mean of correlated log-ratios).
+The sequence-level ones assume independent tokens; tokens of one sequence are correlated in practice
+(one policy lag for the whole row), which widens a row's spread and, with thresholds beyond the mean, raises the touched fraction above the prediction.
 References: Zheng et al. 2025, MiniRL, "Stabilizing Reinforcement Learning with LLMs: Formulation and
 Practices" (arXiv 2512.01374), sec. 2-3; Schulman et al. 2017, PPO, eq. 7; Yao et al. 2025 (TIS blog);
 Ling Team 2025, Ring-1T (arXiv 2510.18855), IcePop.
@@ -27,7 +31,8 @@ import sympy as sp
 
 from solidrl.theory.derivation import Derivation, Softmax, Var
 
-__all__ = ["derive_ratio_decomposition", "derive_clip_frac", "derive_tis", "derive_icepop", "GAUSS"]
+__all__ = ["derive_ratio_decomposition", "derive_clip_frac", "derive_tis", "derive_icepop", "GAUSS",
+           "derive_tis_two_sided", "derive_seq_tis", "derive_masked_seq_is", "derive_geo_rs"]
 
 m = sp.Symbol("m", real=True)  # mean of the per-token log-ratio
 s = sp.Symbol("s", positive=True)  # its standard deviation
@@ -178,3 +183,134 @@ def derive_icepop() -> Derivation:
         source="Ling Team 2025 (arXiv 2510.18855), IcePop",
         symbols={"alpha": al, "beta": be, **GAUSS},
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# The corrections of issue 19: two-sided TIS (token level) and the sequence-level ones. A sequence-level
+# correction touches every token of a row or none, so its touched fraction is token-weighted over rows:
+#   touched_frac = sum_b L_b P_b / sum_b L_b,   L_b = the row's loss tokens, P_b = P(row b touched).
+# With independent per-token log-ratios X_t ~ N(m, s^2), a row of L tokens has
+#   sum_t X_t ~ N(L m, L s^2)   and   mean_t X_t ~ N(m, s^2 / L)
+# (the residuals check both through the moment generating function). Tokens of one sequence that share a
+# policy lag are correlated in practice, which widens the row's spread beyond s^2 / L: an observed
+# touched fraction above the prediction is what that correlation looks like.
+
+_t = sp.Symbol("t", real=True)  # the MGF's argument
+_L = sp.Symbol("L", integer=True, positive=True)  # a row's number of loss tokens
+
+
+def _gauss_mgf(mean: sp.Expr, var: sp.Expr) -> sp.Expr:
+    """E e^{tY}, Y ~ N(mean, var)."""
+    return sp.exp(mean * _t + var * _t**2 / 2)
+
+
+def _row_tail(a: sp.Expr, mean: sp.Expr, std: sp.Expr) -> sp.Expr:
+    """P(Y > a), Y ~ N(mean, std^2), from the sympy integral of _tail with (m, s) -> (mean, std)."""
+    return _tail(a).subs({m: mean, s: std}, simultaneous=True)
+
+
+@cache
+def derive_tis_two_sided() -> Derivation:
+    """Two-sided TIS, w = clamp(rho, l, C), rho = e^X lognormal: touched fraction and weight mean.
+
+      correction/touched_frac = P(rho < l) + P(rho > C) = Phi((log l - m)/s) + 1 - Phi((log C - m)/s)
+      correction/weight_mean  = l Phi((log l - m)/s) + C (1 - Phi((log C - m)/s))
+                                + e^{m + s^2/2} [Phi((log C - m - s^2)/s) - Phi((log l - m - s^2)/s)]
+    A token is touched when its weight differs from rho: raised to the floor l or cut to the cap C
+    (trainer.algos.touched). l = 0 is tis. Residuals: both closed forms against sympy integrals.
+    Source: TRL 1.16 GRPOTrainer, vllm_importance_sampling_mode="token_truncate" (clip_min, clip_max);
+    Yao et al. 2025 (TIS blog).
+    """
+    C, lo = sp.Symbol("C", positive=True), sp.Symbol("low", positive=True)
+    below, above = Phi((sp.log(lo) - m) / s), 1 - Phi((sp.log(C) - m) / s)
+    inner = sp.exp(m + s**2 / 2) * (Phi((sp.log(C) - m - s**2) / s) - Phi((sp.log(lo) - m - s**2) / s))
+    touched, mean_w = below + above, lo * below + C * above + inner
+    return Derivation(
+        name="tis_two_sided",
+        statement=sp.Eq(sp.Symbol("w"), sp.Max(lo, sp.Min(sp.Symbol(r"\rho"), C))),
+        steps=(("Gaussian log-ratio", sp.Eq(sp.Symbol("X"), sp.Symbol(r"\mathcal{N}(m, s^2)"))),
+               ("touched", sp.Eq(sp.Symbol(r"P(\rho < l) + P(\rho > C)"), touched))),
+        result={"correction/touched_frac": touched, "correction/weight_mean": mean_w},
+        residuals={k: v.subs(_log_thresholds("C", "low")) for k, v in {
+            "touched = P(X < log l) + P(X > log C)": 1 - _tail(sp.log(lo)) + _tail(sp.log(C)) - touched,
+            "E w = integral": lo * (1 - _tail(sp.log(lo))) + C * _tail(sp.log(C))
+                              + _ratio_tail_mean(sp.log(lo)) - _ratio_tail_mean(sp.log(C)) - mean_w,
+        }.items()},
+        source="TRL 1.16 GRPOTrainer (token_truncate); Yao et al. 2025",
+        symbols={"C": C, "low": lo, **GAUSS},
+    )
+
+
+@cache
+def derive_seq_tis() -> Derivation:
+    """Sequence-level TIS, w_b = min(prod_t rho_t, C) (mode "mask": 0 above C): a row is touched when its
+    log-weight S_L = sum_t X_t exceeds log C.
+
+      P(row of L tokens touched) = P(S_L > log C) = 1 - Phi((log C - L m) / (sqrt(L) s)),  S_L ~ N(L m, L s^2)
+    for independent X_t ~ N(m, s^2); correction/touched_frac is its token-weighted mean over rows (the
+    predictor uses each row's own L). Truncate and mask touch the same rows. Residuals: the MGF of S_L is
+    the L-th power of X's, and the closed form equals the sympy integral of S_L's density.
+    Source: Yao et al. 2025 (TIS, sequence form); verl rollout_is="sequence"; TRL 1.16 "sequence_truncate".
+    """
+    C = sp.Symbol("C", positive=True)
+    row = 1 - Phi((sp.log(C) - _L * m) / (sp.sqrt(_L) * s))
+    return Derivation(
+        name="seq_tis",
+        statement=sp.Eq(sp.Symbol("w_b"), sp.Min(sp.Symbol(r"\prod_t \rho_t"), C)),
+        steps=(("row log-weight", sp.Eq(sp.Symbol("S_L"), sp.Symbol(r"\mathcal{N}(L m, L s^2)"))),),
+        result={"correction/touched_frac": row},
+        residuals={
+            "MGF of S_L = (MGF of X)^L": _gauss_mgf(m, s**2) ** _L - _gauss_mgf(_L * m, _L * s**2),
+            "P(S_L > log C) = integral": (_row_tail(sp.log(C), _L * m, sp.sqrt(_L) * s) - row).subs(_log_thresholds("C")),
+        },
+        source="Yao et al. 2025; verl rollout_corr_helper; TRL 1.16 GRPOTrainer",
+        symbols={"C": C, "L": _L, **GAUSS},
+    )
+
+
+def _seq_reject(name: str, weight: sp.Expr, source: str) -> Derivation:
+    """The geometric-mean rejection shared by masked_seq_is and geo_rs: a row is rejected (every token
+    touched) when its mean log-ratio G_L ~ N(m, s^2 / L) leaves [log lo, log hi]."""
+    lo, hi = sp.symbols("seq_low seq_high", positive=True)
+    sd = s / sp.sqrt(_L)
+    row = Phi((sp.log(lo) - m) / sd) + 1 - Phi((sp.log(hi) - m) / sd)
+    return Derivation(
+        name=name,
+        statement=sp.Eq(sp.Symbol(r"w_{b,t}"), weight),
+        steps=(("row mean log-ratio", sp.Eq(sp.Symbol("G_L"), sp.Symbol(r"\mathcal{N}(m, s^2 / L)"))),
+               ("rejected", sp.Eq(sp.Symbol(r"P(e^{G_L} \notin [lo, hi])"), row))),
+        result={"correction/touched_frac": row},
+        residuals={
+            "MGF of G_L = (MGF of X / L)^L": _gauss_mgf(m / _L, s**2 / _L**2) ** _L - _gauss_mgf(m, s**2 / _L),
+            "P(G_L outside) = integral": (1 - _row_tail(sp.log(lo), m, sd) + _row_tail(sp.log(hi), m, sd) - row).subs(
+                _log_thresholds("seq_low", "seq_high")),
+        },
+        source=source,
+        symbols={"seq_low": lo, "seq_high": hi, "L": _L, **GAUSS},
+    )
+
+
+@cache
+def derive_masked_seq_is() -> Derivation:
+    """masked_seq_is, w_{b,t} = rho_t 1[seq_low <= e^{G_b} <= seq_high], G_b the row's mean log-ratio.
+
+      P(row of L tokens touched) = Phi((log lo - m) sqrt(L)/s) + 1 - Phi((log hi - m) sqrt(L)/s)
+    G_L ~ N(m, s^2/L) for independent X_t ~ N(m, s^2); correction/touched_frac is its token-weighted mean
+    over rows. Bounds on the ratio (convention "ratio"; "verl_k1" mirrors them to [1/hi, 1/lo], which the
+    recorder's seq_low / seq_high scalars already hold). Residuals: MGF of the mean and the tail integral.
+    Source: verl rollout_corr_helper (rollout_rs="geometric" / "seq_mean_k1"); Liu, Li et al. 2025,
+    "When Speed Kills Stability".
+    """
+    return _seq_reject("masked_seq_is", sp.Symbol(r"\rho_t 1[lo \le e^{G_b} \le hi]"),
+                       "verl rollout_corr_helper; Liu, Li et al. 2025 (geometric RS)")
+
+
+@cache
+def derive_geo_rs() -> Derivation:
+    """Geo-RS, w_{b,t} = 1[seq_low <= e^{G_b} <= seq_high] (rejection, no IS): the same rows as masked_seq_is.
+
+      P(row of L tokens touched) = Phi((log lo - m) sqrt(L)/s) + 1 - Phi((log hi - m) sqrt(L)/s)
+    (a kept token's weight is 1, its untouched value, so touched = rejected). Residuals as masked_seq_is.
+    Source: Liu, Li et al. 2025, "When Speed Kills Stability" (geometric-mean rejection sampling).
+    """
+    return _seq_reject("geo_rs", sp.Symbol(r"1[lo \le e^{G_b} \le hi]"), "Liu, Li et al. 2025 (geometric RS)")

@@ -25,7 +25,8 @@ from torch import Tensor
 from solidrl.theory.advantages import derive_grpo_gradnorm_ratio
 from solidrl.theory.entropy import derive_cov_entropy, derive_tabular_adam, derive_tabular_npg, derive_tabular_sgd
 from solidrl.theory.kernel import ORDERS, derive_jvp, derive_jvp2, derive_kernel_crosstalk, derive_trust_region
-from solidrl.theory.offpolicy import derive_clip_frac, derive_icepop, derive_tis
+from solidrl.theory.offpolicy import (derive_clip_frac, derive_geo_rs, derive_icepop, derive_masked_seq_is,
+                                      derive_seq_tis, derive_tis, derive_tis_two_sided)
 from solidrl.theory.registry import Registry
 
 __all__ = ["PREDICTORS", "MissingStatError", "predictor", "need"]
@@ -329,3 +330,91 @@ def icepop(stats: Stats) -> dict[str, float]:
     lo, hi = _log(alpha), _log(beta)
     return _present({"correction/touched_frac": float(1 - _tail(lo, m, s) + _tail(hi, m, s)),
                      "correction/weight_mean": float(_ratio_tail_mean(lo, m, s) - _ratio_tail_mean(hi, m, s))})
+
+
+@_predictor("tis_two_sided", derive_tis_two_sided)
+def tis_two_sided(stats: Stats) -> dict[str, float]:
+    """Two-sided TIS, w = clamp(rho, l, C): predicted touched fraction and mean weight, log rho ~ N(m, s^2).
+
+    correction/touched_frac = P(rho < l) + P(rho > C);
+    correction/weight_mean = l P(rho < l) + C P(rho > C) + E[rho 1(l <= rho <= C)].
+    l, C = stats tis_low, tis_cap (tis_two_sided's `low` parameter and offpolicy.tis_cap).
+    stats: log_ratio [N]; tis_low, tis_cap. Derivation: theory.offpolicy.derive_tis_two_sided (TRL 1.16
+    token_truncate; Yao et al. 2025).
+    """
+    C, lo = _scalar(stats, "tis_two_sided", "tis_cap"), _scalar(stats, "tis_two_sided", "tis_low")
+    m, s = _gauss(stats, "tis_two_sided")
+    a, b = _log(lo), math.log(C)
+    below, above = 1 - _tail(a, m, s), _tail(b, m, s)
+    inner = _ratio_tail_mean(a, m, s) - _ratio_tail_mean(b, m, s)
+    return _present({"correction/touched_frac": float(below + above),
+                     "correction/weight_mean": float(lo * below + C * above + inner)})
+
+
+def _rows(stats: Stats, name: str) -> Tensor:
+    """Loss tokens per sequence, L_b [B] (rows with no loss token absent), from stats `seq_index`."""
+    (si,) = _need(stats, name, "seq_index")
+    return torch.unique(si.long(), return_counts=True)[1].double()
+
+
+def _token_weighted(L: Tensor, p_row: Tensor) -> float:
+    """sum_b L_b P_b / sum_b L_b: the touched fraction over tokens when a row is touched whole."""
+    return float((L * p_row).sum() / L.sum()) if L.numel() else math.nan
+
+
+def _seq_reject_frac(stats: Stats, name: str) -> dict[str, float]:
+    lo, hi = _scalar(stats, name, "seq_low"), _scalar(stats, name, "seq_high")
+    m, s = _gauss(stats, name)
+    L = _rows(stats, name)
+    if not L.numel() or math.isnan(float(m)):
+        return {}
+    sd = s / L.sqrt()
+    if float(s) == 0:
+        p = ((m < _log(lo)) | (m > _log(hi))).double().expand_as(L)
+    else:
+        p = torch.special.ndtr((_log(lo) - m) / sd) + 1 - torch.special.ndtr((_log(hi) - m) / sd)
+    return _present({"correction/touched_frac": _token_weighted(L, p)})
+
+
+@_predictor("seq_tis", derive_seq_tis)
+def seq_tis(stats: Stats) -> dict[str, float]:
+    """Sequence-level TIS: predicted fraction of tokens in rows whose product ratio exceeds C.
+
+    correction/touched_frac = sum_b L_b P(N(L_b m, L_b s^2) > log C) / sum_b L_b, m, s the mean and std
+    of the per-token log-ratios, L_b the row's loss tokens (counted from seq_index), tokens independent.
+    C = stats tis_cap. stats: log_ratio, seq_index [N]; tis_cap.
+    Derivation: theory.offpolicy.derive_seq_tis (Yao et al. 2025; verl rollout_is="sequence").
+    """
+    C = _scalar(stats, "seq_tis", "tis_cap")
+    m, s = _gauss(stats, "seq_tis")
+    L = _rows(stats, "seq_tis")
+    if not L.numel() or math.isnan(float(m)):
+        return {}
+    if float(s) == 0:
+        p = (L * m > math.log(C)).double()
+    else:
+        p = 1 - torch.special.ndtr((math.log(C) - L * m) / (L.sqrt() * s))
+    return _present({"correction/touched_frac": _token_weighted(L, p)})
+
+
+@_predictor("masked_seq_is", derive_masked_seq_is)
+def masked_seq_is(stats: Stats) -> dict[str, float]:
+    """masked_seq_is: predicted fraction of tokens in rows rejected on their geometric-mean ratio.
+
+    correction/touched_frac = sum_b L_b P(e^{G_b} outside [lo, hi]) / sum_b L_b, G_b ~ N(m, s^2 / L_b),
+    tokens independent, L_b from seq_index. lo, hi = stats seq_low, seq_high: bounds on the ratio (the
+    recorder writes the mirrored ones for convention "verl_k1"). stats: log_ratio, seq_index [N]; seq_low,
+    seq_high. Derivation: theory.offpolicy.derive_masked_seq_is (verl geometric RS; Liu, Li et al. 2025).
+    """
+    return _seq_reject_frac(stats, "masked_seq_is")
+
+
+@_predictor("geo_rs", derive_geo_rs)
+def geo_rs(stats: Stats) -> dict[str, float]:
+    """Geo-RS: the rows masked_seq_is rejects, so the same touched fraction (a kept token's weight is 1).
+
+    correction/touched_frac = sum_b L_b P(e^{G_b} outside [lo, hi]) / sum_b L_b, G_b ~ N(m, s^2 / L_b).
+    stats: log_ratio, seq_index [N]; seq_low, seq_high.
+    Derivation: theory.offpolicy.derive_geo_rs (Liu, Li et al. 2025, geometric-mean rejection sampling).
+    """
+    return _seq_reject_frac(stats, "geo_rs")

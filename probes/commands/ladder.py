@@ -1,11 +1,14 @@
 """`solidrl ladder`: the perfect baseline, rungs of increasing breakage, then the broken rungs with each fix.
 
 Every rung is one knob away from the baseline (presets in RUNGS); every fix is one registry entry
-(FIXES). A fix runs on the rungs whose ratio it acts on: the corrections (TIS, IcePop, masked
-sequence IS) reweigh by the rollout ratio pi_old / pi_rollout, which staleness, partial rollouts and
-mismatch break; the ratio losses (PPO clip, GSPO's sequence-level geometric-mean ratio) act on the
+(FIXES). A fix runs on the rungs whose ratio it acts on: the corrections (TIS, two-sided TIS, IcePop,
+masked sequence IS, Geo-RS, sequence TIS) reweigh by the rollout ratio pi_old / pi_rollout, which
+staleness, partial rollouts and mismatch break; the ratio losses (PPO clip, GSPO's sequence-level
+geometric-mean ratio, CISPO, SAPO, GMPO, DPPO-TV/KL, Clip-Cov, KL-Cov, PPO with OPSM) act on the
 loss's ratio pi / pi_old, which only reuse (epochs, mini-batches) moves. Any other pairing is a no-op
-by construction (the trainer recomputes pi_old, so pi / pi_old = 1 under staleness) and is skipped.
+by construction (the trainer recomputes pi_old, so pi / pi_old = 1 under staleness) and is skipped;
+the exception is Clip-Cov, whose covariance cut also acts on policy (on every rung alike, so the
+reuse rung, where its PPO clip acts too, is where it is compared).
 
 Per rung x fix, averaged over seeds, the table gives:
   collapse        steps to collapse (status.json) per seed, or "none"
@@ -18,7 +21,9 @@ Per rung x fix, averaged over seeds, the table gives:
   log-var pred    [independent steps, aligned steps] from derive_ratio_decomposition: each step of lag
                   adds s^2 = 2 kl/step (probes/offpolicy.py)
   loss clip       the recorder's ratio/clip_frac (the loss's ratio pi / pi_old; moves only with reuse)
-  touched         correction/touched_frac observed / predicted (theory predictors tis, icepop)
+  touched         correction/touched_frac observed / predicted (the fix's registered predictor: tis,
+                  icepop, tis_two_sided, seq_tis, masked_seq_is, geo_rs; the sequence-level ones model
+                  independent tokens, N(L m, L s^2) per row of L loss tokens, counted from seq_index)
 The spread columns average the steady state: steps >= staleness + partial_versions - 1, once every
 token lags by the rung's full amount.
 
@@ -28,6 +33,8 @@ fix), plots/summary.png (log-var observed vs predicted per rung), runs/<rung>/<f
 full run directory; one already finished with the same config is reused, not rerun).
 
 Left out: learning-rate or batch-size rungs (not off-policy knobs), and fixes stacked on each other.
+Size: ~520 lines: the plan, the runner, the table and the plots of one command, which read the same
+RUNGS x FIXES registry; split, each part would import the others.
 """
 from __future__ import annotations
 
@@ -70,6 +77,9 @@ class Fix:
     overrides: tuple[tuple[str, Any], ...]
     acts_on: tuple[str, ...]
     """Rung families whose ratio this fix changes."""
+    predictor: Optional[str] = None
+    """The registered predictor (theory.predictors) of its correction/touched_frac, written by the recorder as
+    pred/<predictor>/correction/touched_frac; None for the losses."""
 
 
 ROLLOUT_RATIO = ("staleness", "partial", "mismatch")
@@ -90,12 +100,14 @@ def _rungs() -> dict[str, Rung]:
 
 RUNGS = _rungs()
 FIXES: dict[str, Fix] = {f.name: f for f in (
-    Fix("tis", (("offpolicy.correction", "tis"),), ROLLOUT_RATIO),
-    Fix("icepop", (("offpolicy.correction", "icepop"),), ROLLOUT_RATIO),
-    Fix("masked_seq_is", (("offpolicy.correction", "masked_seq_is"),), ROLLOUT_RATIO),
-    Fix("ppo_clip", (("algo.policy_loss", "ppo_clip"),), REUSE),
-    Fix("seq_ratio", (("algo.policy_loss", "seq_ratio"),), REUSE),
+    *(Fix(c, (("offpolicy.correction", c),), ROLLOUT_RATIO, predictor=c)
+      for c in ("tis", "icepop", "masked_seq_is", "tis_two_sided", "seq_tis", "geo_rs")),
+    *(Fix(loss, (("algo.policy_loss", loss),), REUSE)
+      for loss in ("ppo_clip", "seq_ratio", "cispo", "sapo", "gmpo", "dppo_tv", "dppo_kl", "clip_cov", "kl_cov",
+                   "ppo_clip_opsm")),
 )}
+"""Each with its defaults (trainer.algos): tis_two_sided low 0.5, seq_tis mode "truncate", geo_rs and
+masked_seq_is convention "ratio"; cispo bounds "two_sided" (verl's), the rest as their docstrings say."""
 
 COMMON = {
     "probes.save_stats": False,
@@ -111,6 +123,7 @@ QUICK = {
     "rungs": ["baseline", "staleness=1", "staleness=2", "staleness=4", "staleness=8", "bf16", "noise=1.0",
               "epochs=2", "epochs=4"],
     "fix_on": ["staleness=4", "noise=1.0", "epochs=4"],
+    "fixes": ["tis", "icepop", "masked_seq_is", "geo_rs", "ppo_clip", "seq_ratio", "cispo"],
     "seeds": [0], "steps": 16,
     "overrides": {"rollout.prompts_per_step": 16, "rollout.group_size": 8},
 }
@@ -154,7 +167,7 @@ def build_plan(quick: bool = False, rungs: Optional[list[str]] = None, fix_on: O
                overrides: Optional[dict[str, Any]] = None) -> LadderPlan:
     base = QUICK if quick else FULL
     p = LadderPlan(rungs=list(rungs or base["rungs"]), fix_on=list(base["fix_on"] if fix_on is None else fix_on),
-             fixes=list(fixes or FIXES), seeds=list(seeds if seeds is not None else base["seeds"]),
+             fixes=list(fixes or base.get("fixes", FIXES)), seeds=list(seeds if seeds is not None else base["seeds"]),
              steps=int(steps or base["steps"]), overrides={**base["overrides"], **(overrides or {})},
              mode="quick" if quick else "full")
     if rungs is not None or fix_on is not None or fixes is not None or seeds is not None or steps is not None:
@@ -251,8 +264,9 @@ def summarize(rec: dict[str, Any], out: Path, steps: int) -> dict[str, Any]:
     for name, (key, steady) in SUMMARY_KEYS.items():
         x = by_step(rows, key, steps)
         s[name] = _nanmean(x[warm:] if steady else x)
-    if rec["fix"] in ("tis", "icepop"):
-        s["touched_pred"] = _nanmean(by_step(rows, f"pred/{rec['fix']}/correction/touched_frac", steps))
+    pred = FIXES[rec["fix"]].predictor if rec["fix"] in FIXES else None
+    if pred is not None:
+        s["touched_pred"] = _nanmean(by_step(rows, f"pred/{pred}/correction/touched_frac", steps))
     return s
 
 
@@ -369,7 +383,8 @@ def write_plots(out: Path, plan: LadderPlan, records: list[dict], table: list[di
                 y = _mean_series(out, records, rung, fx, key, n)
                 if y is not None:
                     axes[1].plot(steps, y, color=f"C{i}", label=fx)
-                yp = _mean_series(out, records, rung, fx, f"pred/{fx}/correction/touched_frac", n)
+                pname = FIXES[fx].predictor if fx in FIXES else None
+                yp = _mean_series(out, records, rung, fx, f"pred/{pname}/correction/touched_frac", n) if pname else None
                 if yp is not None and key == "correction/touched_frac":
                     axes[1].plot(steps, yp, color=f"C{i}", ls="--")
             base = _mean_series(out, records, "baseline", "none", "reward/accuracy", n)
@@ -492,7 +507,7 @@ def cmd_ladder(args) -> int:
 
 def setup(p) -> None:
     p.add_argument("--quick", action="store_true",
-                   help=f"{len(QUICK['rungs'])} rungs, fixes on {', '.join(QUICK['fix_on'])}, 1 seed, "
+                   help=f"{len(QUICK['rungs'])} rungs, fixes {', '.join(QUICK['fixes'])} on {', '.join(QUICK['fix_on'])}, 1 seed, "
                         f"{QUICK['steps']} steps of 16x8 samples (about 10 minutes on 2 cores)")
     p.add_argument("--out", help="output directory (default runs/ladder or runs/ladder-quick)")
     p.add_argument("--rungs", help=f"comma-separated rungs (known: {', '.join(RUNGS)})")
