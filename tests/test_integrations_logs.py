@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from solidrl.probes.glossary import names_in_markdown
 from solidrl.probes.integrations import logs
 from solidrl.probes.commands.check import main
 
@@ -179,21 +180,7 @@ def test_a_metric_the_log_lacks_is_one_line_error(tmp_path, capsys):
                      r"no engine logs it", err)
 
 
-def _glossary_names(text: str) -> list[str]:
-    """Names in docs/metrics.md's first columns, shorthand expanded: `kl/ref_k1`, `_k2` -> kl/ref_k2;
-    `loss/<part>` stays a pattern (<...> matches one name segment)."""
-    names = []
-    for line in text.splitlines():
-        if not line.startswith("| `"):
-            continue
-        base = None
-        for cell in re.findall(r"`([^`]+)`", line.split("|")[1]):
-            if cell.startswith("_") and base:
-                names.append(base.rsplit("_", 1)[0] + cell)
-            else:
-                base = cell
-                names.append(cell)
-    return names
+_glossary_names = names_in_markdown  # docs/metrics.md's first columns (probes/glossary.py)
 
 
 def _pattern(name: str) -> re.Pattern:

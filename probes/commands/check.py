@@ -56,7 +56,7 @@ from solidrl.trainer import plugins
 from solidrl.trainer.config import ConfigError
 from solidrl.trainer.io import atomic_write_json
 
-from .common import USER_OS_ERRNOS, OneLineParser, check_out_dir, one_line
+from .common import USER_OS_ERRNOS, OneLineParser, check_out_dir, one_line, os_error_line
 
 def _seeds(items: list[str]) -> tuple[int, ...]:
     out = []
@@ -234,9 +234,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except OSError as e:
         if e.errno not in USER_OS_ERRNOS:
             raise
-        where = f" {e.filename}" if e.filename else ""
-        print(f"{PROG}: error: cannot write{one_line(where)}: {e.strerror or e}; free space or choose another "
-              "--out (what was written before is kept)", file=sys.stderr)
+        print(os_error_line(PROG, e), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; the run directories written so far are kept", file=sys.stderr)

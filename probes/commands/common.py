@@ -35,6 +35,13 @@ def one_line(msg: object, limit: int = 2000) -> str:
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
+def os_error_line(prog: str, e: OSError) -> str:
+    """The one line for an OSError of the user's environment (USER_OS_ERRNOS): what, where, the fix."""
+    where = f" {e.filename}" if e.filename else ""
+    return (f"{prog}: error: cannot write{one_line(where)}: {e.strerror or e}; free space or choose another "
+            "--out (what was written before is kept)")
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (`prog: error: ...; see --help`) and exit code 2."""
 
@@ -60,9 +67,7 @@ def user_errors(prog: str) -> Callable:
             except OSError as e:
                 if e.errno not in USER_OS_ERRNOS:
                     raise
-                where = f" {e.filename}" if e.filename else ""
-                print(f"{prog}: error: cannot write{one_line(where)}: {e.strerror or e}; free space or choose another "
-                      "--out (what was written before is kept)", file=sys.stderr)
+                print(os_error_line(prog, e), file=sys.stderr)
                 return 2
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted; what was written so far is kept", file=sys.stderr)
