@@ -21,9 +21,17 @@ from solidrl.trainer.loop import train
 
 
 def test_every_predictor_has_the_single_signature():
+    """fn(stats) -> dict: one positional argument; anything else is a keyword-only entry parameter with a
+    default (a plugin predictor's, set per prediction: docs/plugins.md), so fn(stats) always works.
+    The built-ins read the run's settings from the stats and declare none."""
     for name in PREDICTORS.names():
-        params = list(inspect.signature(PREDICTORS.get(name)).parameters)
-        assert params == ["stats"], (name, params)
+        ps = list(inspect.signature(PREDICTORS.get(name)).parameters.values())
+        assert [p.name for p in ps[:1]] == ["stats"] and ps[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD, name
+        rest = ps[1:]
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+                   for p in rest), (name, [p.name for p in rest])
+        if PREDICTORS.origin(name) == "built in":
+            assert not rest, (name, [p.name for p in rest])
 
 
 def _run(path, **over):
