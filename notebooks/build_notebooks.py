@@ -170,6 +170,39 @@ for lr in lrs:
 for k, v in res.items():
     plt.loglog(lrs, v, "o-", label=k); print(k, "slopes", np.round(kernel.residual_order(v), 2))
 plt.xlabel("lr"); plt.ylabel("|residual|"); plt.legend(); plt.title("jvp vs jvp2 residuals (eager attention: float32 floor ~1e-9)"); plt.show()"""),
+    ("md", "## jvp3\nThird-order logits $\\tilde z_3 = \\tilde z + \\tfrac16 dz_3$ ($dz_3$ by three nested jvps) and the exact entropy and KL on them. What $dz_3$ adds to jvp2 is $-\\mathrm{Cov}_\\pi(\\log\\pi, dz_3)/6$ on dH at $\\eta^3$ and $\\mathrm{Cov}_\\pi(dz_1, dz_3)/6$ on the KL at $\\eta^4$; on nano at the trainer's lr 3e-4 that is jvp2's whole KL error (docs/transfer.md). On the same Llama the residual slopes (printed) are steeper than jvp2's: a residual one order higher, above the float32 floor of eager attention."),
+    ("code", """\
+show(kernel.derive_jvp3())
+lrs = np.array([8e-3, 4e-3, 2e-3])
+res = {k: [] for k in ("jvp2 dH", "jvp2 KL", "jvp3 dH", "jvp3 KL")}
+for lr in lrs:
+    d = {n: -lr * t for n, t in grad.items()}
+    z0, dzs = kernel.jvp_taylor_logits(model, ids, mask, pos, d, sel, 3)
+    z1 = logits_after(grad, -lr)
+    dH, kl_ = float((H(z1) - H(z0)).mean()), KLrows(z0, z1)
+    st = kernel.logit_order_stats(z0, dzs)
+    p2, p3 = PREDICTORS.get("jvp2")(st), PREDICTORS.get("jvp3")(st)
+    res["jvp2 dH"].append(abs(p2["entropy/delta"] - dH)); res["jvp2 KL"].append(abs(p2["kl/step"] - kl_))
+    res["jvp3 dH"].append(abs(p3["entropy/delta"] - dH)); res["jvp3 KL"].append(abs(p3["kl/step"] - kl_))
+for k, v in res.items():
+    plt.loglog(lrs, v, "o-", label=k); print(k, "slopes", np.round(kernel.residual_order(v), 2))
+plt.xlabel("lr"); plt.ylabel("|residual|"); plt.legend(); plt.title("jvp2 vs jvp3 residuals"); plt.show()"""),
+    ("md", "## jvp1s\nFirst-order logits with the exact softmax functionals: not a better predictor, but the first cut of the residual. What jvp misses splits into the softmax's nonlinearity on the first-order logits (jvp1s - jvp), the logits' curvature (jvp2 - jvp1s, leading term $-\\mathrm{Cov}_\\pi(\\log\\pi, dz_2)/2$ on dH), the third-order logits (jvp3 - jvp2) and what is left (measured - jvp3). `solidrl transfer` prints this decomposition per model."),
+    ("code", """\
+show(kernel.derive_jvp1s())
+lr = 4e-3
+d = {n: -lr * t for n, t in grad.items()}
+z0, dzs = kernel.jvp_taylor_logits(model, ids, mask, pos, d, sel, 3)
+z1 = logits_after(grad, -lr)
+st = kernel.logit_order_stats(z0, dzs)
+cov, var = kernel.linearized_stats(z0, dzs[0])
+p = {"jvp": PREDICTORS.get("jvp")({"jvp_cov": cov, "jvp_var": var}), **{n: PREDICTORS.get(n)(st) for n in ("jvp1s", "jvp2", "jvp3")}}
+meas = {"entropy/delta": float((H(z1) - H(z0)).mean()), "kl/step": KLrows(z0, z1)}
+for m in meas:
+    parts = {"first order (jvp)": p["jvp"][m], "softmax nonlinearity": p["jvp1s"][m] - p["jvp"][m],
+             "logit curvature": p["jvp2"][m] - p["jvp1s"][m], "third-order logits": p["jvp3"][m] - p["jvp2"][m],
+             "rest": meas[m] - p["jvp3"][m]}
+    print(m, "measured", f"{meas[m]:.4g}", "=", " + ".join(f"{v:.3g} ({k})" for k, v in parts.items()))"""),
     ("md", "## trust_region\nThe KL trust region (trainer/trust_region.py, `optim.trust_region_kl`): scale the step so that jvp2's KL is $\\delta$, by $s \\leftarrow s\\sqrt{\\delta / \\mathrm{KL}(s)}$; the exact KL of the scaled step lands on $\\delta$."),
     ("code", """\
 show(kernel.derive_trust_region())

@@ -137,6 +137,7 @@ class Recorder:
         self.every = max(1, p.every)
         self.jvp_every = p.jvp_every
         self.jvp2_every = p.jvp2_every
+        self.jvp3_every = p.jvp3_every
         self.max_states = p.max_states
         self.save_stats = p.save_stats
         self.stats_dir = Path(trainer.out) / "stats"
@@ -185,10 +186,14 @@ class Recorder:
         return bool({"grad", "pred"} & self.groups) or self.save_stats or self._jvp_step(step)
 
     def _jvp_step(self, step: int) -> bool:
-        return (self.jvp_every > 0 and step % self.jvp_every == 0) or self._jvp2_step(step)
+        return (self.jvp_every > 0 and step % self.jvp_every == 0) or self._logit_order(step) > 1
 
-    def _jvp2_step(self, step: int) -> bool:
-        return self.jvp2_every > 0 and step % self.jvp2_every == 0
+    def _logit_order(self, step: int) -> int:
+        """The highest logit order this step's JVP probe computes: 3 (jvp3), 2 (jvp2) or 1 (jvp alone)."""
+        for k, every in ((3, self.jvp3_every), (2, self.jvp2_every)):
+            if every > 0 and step % every == 0:
+                return k
+        return 1
 
     # -- hooks ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -390,10 +395,11 @@ class Recorder:
 
     def _jvp(self, ctx: StepContext, st: _StepState, sub: Optional[Tensor], loss_tok: Tensor) -> dict[str, Tensor]:
         """jvp_cov, jvp_var at pi_old: dz = J(s_t) (theta_after - theta_before), one forward-mode pass; on a
-        jvp2 step also jvp2_dH, jvp2_kl, jvp2_kl_reverse from dz1 and dz2 of one nested pass (derive_jvp2)."""
+        jvp2 step also jvp2_* and jvp1s_* (dH, kl, kl_reverse) from dz1 and dz2 of one nested pass
+        (derive_jvp2, derive_jvp1s), on a jvp3 step also jvp3_* from dz3 of a third nesting (derive_jvp3)."""
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        from solidrl.theory.kernel import expanded_stats, jvp2_logit_change, jvp_logit_change, linearized_stats
+        from solidrl.theory.kernel import jvp_logit_change, jvp_taylor_logits, linearized_stats, logit_order_stats
 
         after = self._flat()
         delta, off = {}, 0
@@ -409,10 +415,11 @@ class Recorder:
             positions = torch.zeros_like(mask, dtype=torch.bool)
             positions[:, P - 1:P + R - 1] = ro.response_mask > 0  # logits at i predict token i + 1
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            second = self._jvp2_step(ctx.step)
+            order = self._logit_order(ctx.step)
             with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
-                if second:
-                    logits, dz, dz2 = jvp2_logit_change(ctx.model, ids, mask, pos, delta, positions)
+                if order > 1:
+                    logits, dzs = jvp_taylor_logits(ctx.model, ids, mask, pos, delta, positions, order)
+                    dz = dzs[0]
                 else:
                     dz, logits = jvp_logit_change(ctx.model, ids, mask, pos, delta, positions, return_logits=True)
         finally:
@@ -421,8 +428,8 @@ class Recorder:
         sel_sub = ro.response_mask > 0
         in_loss = (ctx.mask if sub is None else ctx.mask[sub])[sel_sub] > 0
         out = {"jvp_cov": cov[in_loss].cpu(), "jvp_var": var[in_loss].cpu()}
-        if second:
-            out.update({k: v[in_loss].cpu() for k, v in expanded_stats(logits, dz, dz2).items()})
+        if order > 1:
+            out.update({k: v[in_loss].cpu() for k, v in logit_order_stats(logits, dzs).items()})
         if sub is not None:
             # positions of the evaluated tokens among the stats' tokens (loss tokens of all rows, row-major)
             rows_loss = torch.zeros(st.sel.shape, dtype=torch.bool, device=st.sel.device)

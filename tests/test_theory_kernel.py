@@ -255,12 +255,17 @@ def _exact(m, delta, t):
             "kl/step": float((p0 * (l0 - l1)).sum(-1).mean()), "kl/step_reverse": float((p1 * (l1 - l0)).sum(-1).mean())}
 
 
-def _preds(m, delta, t):
+def _preds(m, delta, t, order=2):
     d = {n: t * v for n, v in delta.items()}
-    logits, dz1, dz2 = kernel.jvp2_logit_change(m.model, m.ids, m.mask, m.pos, d, m.sel)
-    cov, var = kernel.linearized_stats(logits, dz1)
-    return {"jvp": PREDICTORS.get("jvp")({"jvp_cov": cov, "jvp_var": var}),
-            "jvp2": PREDICTORS.get("jvp2")(kernel.expanded_stats(logits, dz1, dz2))}
+    logits, dzs = kernel.jvp_taylor_logits(m.model, m.ids, m.mask, m.pos, d, m.sel, order)
+    cov, var = kernel.linearized_stats(logits, dzs[0])
+    st = kernel.logit_order_stats(logits, dzs)
+    out = {"jvp": PREDICTORS.get("jvp")({"jvp_cov": cov, "jvp_var": var}),
+           "jvp2": PREDICTORS.get("jvp2")(kernel.expanded_stats(logits, dzs[0], dzs[1])),
+           "jvp1s": PREDICTORS.get("jvp1s")(st)}
+    if order >= 3:
+        out["jvp3"] = PREDICTORS.get("jvp3")(st)
+    return out
 
 
 def test_jvp2_logit_change_first_term_is_the_jvp_and_second_is_the_second_difference(tiny):
@@ -300,8 +305,8 @@ def test_residual_order_of_jvp_and_jvp2_at_eta_half_quarter(tiny):
     m, delta = tiny.m, tiny.delta
     ts = (1.0, 0.5, 0.25)
     exact = [_exact(m, delta, t) for t in ts]
-    preds = [_preds(m, delta, t) for t in ts]
-    for name in ("jvp", "jvp2"):
+    preds = [_preds(m, delta, t, order=3) for t in ts]
+    for name in ("jvp", "jvp1s", "jvp2", "jvp3"):
         for metric, k in kernel.ORDERS[name].items():
             if metric not in preds[0][name]:
                 continue
@@ -311,8 +316,48 @@ def test_residual_order_of_jvp_and_jvp2_at_eta_half_quarter(tiny):
             # O(eta^(k+1)): the slope is at least k + 1; jvp's next terms are generic, so exactly k + 1 there
             # (jvp2's dH measured 3.9 here: the batch mean of the eta^3 term -Cov(log pi, dz3)/6 is small)
             assert all(s > k + 1 - 0.35 for s in slopes), (name, metric, k, slopes, res)
-            if name == "jvp":
+            if name in ("jvp", "jvp1s"):
                 assert all(abs(s - (k + 1)) < 0.35 for s in slopes), (name, metric, k, slopes, res)
+
+
+def test_jvp3_symbolic():
+    assert all(kernel.derive_jvp3().verify().values())
+
+
+def test_jvp1s_symbolic():
+    assert all(kernel.derive_jvp1s(2).verify().values())
+
+
+def test_jvp_taylor_logits_third_term_is_the_third_difference(tiny):
+    """dz1, dz2 as jvp2_logit_change's; dz3 against a central third difference of the real forward (float64)."""
+    m, delta = tiny.m, tiny.delta
+    logits, (dz1, dz2, dz3) = kernel.jvp_taylor_logits(m.model, m.ids, m.mask, m.pos, delta, m.sel, 3)
+    lg, a1, a2 = kernel.jvp2_logit_change(m.model, m.ids, m.mask, m.pos, delta, m.sel)
+    assert torch.allclose(logits, lg, atol=1e-13) and torch.allclose(dz1, a1, atol=1e-13) and torch.allclose(dz2, a2, atol=1e-12)
+    h = 2e-2
+    fd3 = (forward(m, delta, 2 * h) - 2 * forward(m, delta, h) + 2 * forward(m, delta, -h) - forward(m, delta, -2 * h)) / (2 * h**3)
+    assert dz3.abs().max() > 1e-2 * dz1.abs().max()  # the third derivative is not negligible along this step
+    # the central difference's error is h^2 dz5 / 4: 1e-3 of dz3's size at this h
+    assert (fd3 - dz3).abs().max() < 1e-2 * dz3.abs().max(), float((fd3 - dz3).abs().max() / dz3.abs().max())
+    with pytest.raises(ValueError):
+        kernel.jvp_taylor_logits(m.model, m.ids, m.mask, m.pos, delta, m.sel, 0)
+
+
+def test_jvp3_beats_jvp2_and_the_decomposition_adds_up(tiny):
+    """At a step where jvp2 is off by a few percent, jvp3 is closer; jvp + (jvp1s - jvp) + (jvp2 - jvp1s) +
+    (jvp3 - jvp2) telescopes, and each term is the size its derivation says (float64)."""
+    m, delta = tiny.m, tiny.delta
+    exact, pred = _exact(m, delta, 2.0), _preds(m, delta, 2.0, order=3)
+    for k in ("entropy/delta", "kl/step", "kl/step_reverse"):
+        e2, e3 = abs(pred["jvp2"][k] - exact[k]), abs(pred["jvp3"][k] - exact[k])
+        assert e3 < e2 / 2, (k, exact[k], pred["jvp2"][k], pred["jvp3"][k])
+    # the logit curvature's leading term on dH: -Cov(log pi, dz2)/2 (derive_jvp1s), at a small step
+    d = {n: 0.1 * v for n, v in delta.items()}
+    logits, (dz1, dz2) = kernel.jvp_taylor_logits(m.model, m.ids, m.mask, m.pos, d, m.sel, 2)
+    st = kernel.logit_order_stats(logits, [dz1, dz2])
+    lead = -entropy.directional_moments(logits, dz2)["cov"] / 2
+    curv = st["jvp2_dH"] - st["jvp1s_dH"]
+    assert float((curv - lead).abs().max()) < 0.1 * float(lead.abs().max())
 
 
 def test_residual_order_reads_slopes():

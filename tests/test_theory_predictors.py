@@ -72,7 +72,8 @@ def test_a_wrong_formula_does_not_verify():
 STATS_NEEDED = {
     "tabular_sgd": "sum_p2", "tabular_npg": "logp", "tabular_adam": "coef", "cov_entropy": "lr", "jvp": "jvp_var",
     "kernel_crosstalk": "jvp_cov", "grpo_gradnorm_ratio": "group_index", "clip_frac": "adv", "tis": "log_ratio",
-    "icepop": "log_ratio", "jvp2": "jvp2_kl", "trust_region": "trust_region_kl",
+    "icepop": "log_ratio", "jvp2": "jvp2_kl", "jvp3": "jvp3_dH", "jvp1s": "jvp1s_kl_reverse",
+    "trust_region": "trust_region_kl",
     "tis_two_sided": "tis_low", "seq_tis": "seq_index", "masked_seq_is": "seq_low", "geo_rs": "seq_high",
 }
 
@@ -85,6 +86,8 @@ def full_stats(N=5):
             "jvp_cov": torch.randn(N), "jvp_var": torch.rand(N), "reward": torch.tensor([1.0, 0, 1, 1]),
             "group_index": torch.tensor([0, 0, 1, 1]), "jvp2_dH": torch.randn(N), "jvp2_kl": torch.rand(N),
             "jvp2_kl_reverse": torch.rand(N),
+            **{f"{p}_{k}": (torch.randn(N) if k == "dH" else torch.rand(N)) for p in ("jvp3", "jvp1s")
+               for k in ("dH", "kl", "kl_reverse")},
             # the run's settings (docs/contracts.md, "Scalars"), as probes.recorder.run_scalars writes them
             **{k: torch.tensor(v, dtype=torch.float64) for k, v in {
                 "eps_low": 0.2, "eps_high": 0.28, "tis_cap": 2.0, "icepop_low": 0.5, "icepop_high": 2.0,

@@ -18,7 +18,12 @@ forward-over-forward AD: a jvp of a jvp), and then the softmax functionals compu
 dz: measured, 10% of tokens move a logit by more than 0.6 nats in one step, outside the per-token
 softmax's Taylor range, while the network's logits stay close to quadratic in dtheta. The residual
 after it is O(dtheta^3) for dH and O(dtheta^4) for the KL (ORDERS; residual_order measures it).
-Left out: third-order logit terms, and the kernel matrix itself (never formed).
+Third order (derive_jvp3): dz3/6 as well, by a third nesting (jvp_taylor_logits computes any order);
+jvp1s (exact softmax on z + dz1) splits the first order's miss into softmax nonlinearity and logit curvature.
+Left out: fourth-order logit terms, and the kernel matrix itself (never formed).
+
+Size: one module for the kernel view's whole ladder (jvp, jvp1s, jvp2, jvp3, the trust region's use of
+them): their derivations share the symbolic softmax-on-expansion helper and their probes one nested pass.
 
 References: Ren & Sutherland, "Learning Dynamics of LLM Finetuning", ICLR 2025, eq. 3-5 (the
 per-step decomposition dlog pi = -eta A K G); Jacot et al. 2018 (neural tangent kernel).
@@ -38,8 +43,9 @@ from torch.func import functional_call, jvp
 from solidrl.theory.derivation import STAT, Cov, Derivation, Var
 from solidrl.theory.entropy import derive_tabular_sgd, directional_moments
 
-__all__ = ["derive_jvp", "derive_jvp2", "derive_trust_region", "derive_kernel_crosstalk", "jvp_logit_change", "jvp2_logit_change",
-           "linearized_stats", "expanded_stats", "ORDERS", "residual_order"]
+__all__ = ["derive_jvp", "derive_jvp2", "derive_jvp3", "derive_jvp1s", "derive_trust_region", "derive_kernel_crosstalk",
+           "jvp_logit_change", "jvp2_logit_change", "jvp_taylor_logits", "linearized_stats", "expanded_stats",
+           "taylor_stats", "logit_order_stats", "ORDERS", "residual_order"]
 
 _lr = STAT["lr"]
 
@@ -145,11 +151,15 @@ def derive_kernel_crosstalk(V: int = 3) -> Derivation:
 ORDERS: dict[str, dict[str, int]] = {
     "jvp": {"entropy/delta": 1, "kl/step": 2},
     "jvp2": {"entropy/delta": 2, "kl/step": 3, "kl/step_reverse": 3},
+    "jvp3": {"entropy/delta": 3, "kl/step": 4, "kl/step_reverse": 4},
+    "jvp1s": {"entropy/delta": 1, "kl/step": 2, "kl/step_reverse": 2},
 }
 """predictor -> metric -> k, the order in dtheta to which the prediction is exact: its residual is
 O(eta^(k+1)) for a step dtheta proportional to eta. jvp: dH's eta^2 term is missing (k = 1); KL starts at
 eta^2 and its eta^3 term is missing (k = 2). jvp2: the logits miss eta^3 (dz3/6), which moves H by
-O(eta^3) (dH/dz is O(1): k = 2) and the KL by O(eta^4) (dKL/dz = pi~ - pi is O(eta): k = 3)."""
+O(eta^3) (dH/dz is O(1): k = 2) and the KL by O(eta^4) (dKL/dz = pi~ - pi is O(eta): k = 3). jvp3: one
+order more (dz4/24 is missing). jvp1s: exact softmax on first-order logits, so dz2 is missing: the orders
+of jvp (its point is the decomposition, not a higher order)."""
 
 
 def residual_order(residuals: Sequence[float], factor: float = 2.0) -> list[float]:
@@ -253,6 +263,135 @@ def derive_jvp2(V: int = 3) -> Derivation:
     )
 
 
+def _softmax_on_expansion(V: int, order: int):
+    """Symbolic logits z, derivatives d_1..d_order and the exact functionals on z~(t) = z + sum_k t^k d_k / k!,
+    with a helper for t-Taylor coefficients at t = 0 (rational in q = exp z: fast to simplify)."""
+    t = sp.Symbol("t", real=True)
+    zs = sp.symbols(f"z1:{V + 1}", real=True)
+    ds = [sp.symbols(f"d{k}_1:{V + 1}", real=True) for k in range(1, order + 1)]
+
+    def log_softmax(vec):
+        lse = sp.log(sum(sp.exp(q) for q in vec))
+        return [q - lse for q in vec]
+
+    def functionals(k, skip=()):  # dH, KL(pi || pi~), KL(pi~ || pi) with the logits to order k, minus orders `skip`
+        zt = [zv + sum(t**j / sp.factorial(j) * ds[j - 1][v] for j in range(1, k + 1) if j not in skip)
+              for v, zv in enumerate(zs)]
+        lp0, lp1 = log_softmax(zs), log_softmax(zt)
+        p0, p1 = [sp.exp(q) for q in lp0], [sp.exp(q) for q in lp1]
+        dH = -sum(q * l for q, l in zip(p1, lp1)) + sum(q * l for q, l in zip(p0, lp0))
+        return dH, sum(q * (a - c) for q, a, c in zip(p0, lp0, lp1)), sum(q * (c - a) for q, a, c in zip(p1, lp0, lp1))
+
+    p0 = [sp.exp(q) for q in log_softmax(zs)]
+    lp0 = log_softmax(zs)
+
+    def cov(a, b):
+        Ea, Eb = sum(q * x for q, x in zip(p0, a)), sum(q * x for q, x in zip(p0, b))
+        return sum(q * (x - Ea) * (y - Eb) for q, x, y in zip(p0, a, b))
+
+    q = sp.symbols(f"q1:{V + 1}", positive=True)
+    to_q = {zv: sp.log(qv) for zv, qv in zip(zs, q)}
+
+    def at0(f, k):  # the t^k Taylor coefficient at t = 0
+        return sp.expand_log((f.diff(t, k).subs(t, 0) / sp.factorial(k)).subs(to_q), force=True)
+
+    def in_q(x):
+        return sp.expand_log(x.subs(to_q), force=True)
+
+    return SimpleNamespace(t=t, ds=ds, lp0=lp0, functionals=functionals, cov=cov, at0=at0, in_q=in_q)
+
+
+@cache
+def derive_jvp3(V: int = 2) -> Derivation:
+    """Third-order logits along the step, and the exact softmax functionals on them.
+
+    Per token: z~3 = z + dz1 + dz2/2 + dz3/6, dz3 = d^3/dt^3 z(theta + t dtheta)|0 (three nested jvps);
+      entropy/delta = jvp3_dH = H(softmax z~3) - H(pi);  kl/step = jvp3_kl = KL(pi || softmax z~3);
+      kl/step_reverse = jvp3_kl_reverse = KL(softmax z~3 || pi)          (then averaged over tokens)
+    What the third-order term adds to jvp2 (residuals, on V symbolic logits): nothing below t^3 for dH and
+    below t^4 for the KL; at those orders -Cov_pi(log pi, dz3)/6 for dH and Cov_pi(dz1, dz3)/6 for both KLs.
+    On nano at the trainer's lr 3e-4 jvp2's KL residual is of this size (docs/transfer.md), which is why
+    the third order is worth its cost there. Residual after jvp3: O(dtheta^4) for dH, O(dtheta^5) for the KL.
+    For the tanh network of derive_jvp2, the third t-derivative of z(theta + t delta) is the third
+    directional derivative D^3 z[delta, delta, delta] (what the triple-nested jvp computes).
+    Source: Taylor expansion of the logits in dtheta; Griewank & Walther 2008, ch. 13 (univariate Taylor
+    propagation by nested forward mode).
+    """
+    tt, x, u, du = sp.symbols("t x u delta_u", real=True)
+    w, dw = sp.symbols("w1:3", real=True), sp.symbols("delta_w1:3", real=True)
+    theta, delta = [u, *w], [du, *dw]
+    net = [wv * sp.tanh(u * x) + u**3 * wv for wv in w]
+    moved = [zv.subs({p: p + tt * d for p, d in zip(theta, delta)}, simultaneous=True) for zv in net]
+    d3 = [sum(zv.diff(a).diff(b).diff(c) * da * db * dc for a, da in zip(theta, delta) for b, db in zip(theta, delta)
+              for c, dc in zip(theta, delta)) for zv in net]
+    r_third = sp.Matrix([m.diff(tt, 3).subs(tt, 0) - h for m, h in zip(moved, d3)])
+
+    E = _softmax_on_expansion(V, 3)
+    dH2, dH3 = E.functionals(2)[0], E.functionals(3)[0]
+    # dz2 cannot meet dz3 below t^5 in a KL (the KL is quadratic in the logit change to leading order, and
+    # dz2 dz3 comes with t^5), so the KL checks leave dz2 out: the same t^4 terms, a far smaller expression
+    _, kl2, kr2 = E.functionals(1)
+    _, kl3, kr3 = E.functionals(3, skip=(2,))
+    d1, _, d3s = E.ds
+    add_dH, add_kl = E.in_q(-E.cov(E.lp0, d3s) / 6), E.in_q(E.cov(d1, d3s) / 6)
+    zt = sp.Symbol(r"\tilde z_3")
+    return Derivation(
+        name="jvp3",
+        statement=sp.Tuple(
+            sp.Eq(zt, sp.Symbol("z") + sp.Symbol("dz_1") + sp.Symbol("dz_2") / 2 + sp.Symbol("dz_3") / 6),
+            sp.Eq(sp.Symbol(r"\Delta H"), sp.Symbol(r"H(\mathrm{softmax}\,\tilde z_3) - H(\pi)")),
+            sp.Eq(sp.Symbol(r"\mathrm{KL}"), sp.Symbol(r"\mathrm{KL}(\pi\,\|\,\mathrm{softmax}\,\tilde z_3)"))),
+        steps=(("what dz3 adds to jvp2", sp.Tuple(
+            sp.Eq(sp.Symbol(r"\Delta H_3 - \Delta H_2"), -Cov(sp.Symbol(r"\log\pi"), sp.Symbol("dz_3")) / 6 + sp.O(sp.Symbol("t") ** 4)),
+            sp.Eq(sp.Symbol(r"\mathrm{KL}_3 - \mathrm{KL}_2"), Cov(sp.Symbol("dz_1"), sp.Symbol("dz_3")) / 6 + sp.O(sp.Symbol("t") ** 5)))),),
+        result={"entropy/delta": STAT["jvp3_dH"], "kl/step": STAT["jvp3_kl"], "kl/step_reverse": STAT["jvp3_kl_reverse"]},
+        residuals={
+            "d^3/dt^3 z(theta + t delta) = D^3 z[delta, delta, delta]": r_third,
+            "dH: dz3 adds nothing below t^3": sp.Matrix([E.at0(dH3 - dH2, k) for k in (1, 2)]),
+            "dH: dz3 adds -Cov(log pi, dz3)/6 at t^3": E.at0(dH3 - dH2, 3) - add_dH,
+            "KL: dz3 adds nothing below t^4, Cov(dz1, dz3)/6 at t^4": sp.Matrix(
+                [E.at0(kl3 - kl2, 3), E.at0(kl3 - kl2, 4) - add_kl]),
+            "reverse KL: Cov(dz1, dz3)/6 at t^4": E.at0(kr3 - kr2, 4) - add_kl,
+        },
+        source="Taylor expansion of the logits in dtheta; Griewank & Walther 2008, ch. 13",
+    )
+
+
+@cache
+def derive_jvp1s(V: int = 3) -> Derivation:
+    """First-order logits with exact softmax functionals: the first term of the residual decomposition.
+
+    z~1 = z + dz1: entropy/delta = jvp1s_dH = H(softmax z~1) - H(pi), kl/step = jvp1s_kl = KL(pi || softmax z~1).
+    It splits what the first-order jvp misses into two parts (docs/transfer.md): the softmax's nonlinearity
+    (jvp1s - jvp: the exact functional on the same first-order logits minus its Taylor term) and the logits'
+    curvature (jvp2 - jvp1s: what dz2 adds). Residuals: jvp1s's leading terms are jvp's (-Cov(log pi, dz1)
+    for dH at t, Var(dz1)/2 for the KL at t^2), and dz2's leading effect is -Cov(log pi, dz2)/2 on dH at t^2
+    and Cov(dz1, dz2)/2 on the KL at t^3. Residual after jvp1s: O(dtheta^2) for dH, O(dtheta^3) for the KL.
+    Source: Taylor expansion of the logits in dtheta (Ren & Sutherland, ICLR 2025, eq. 3 is its first term).
+    """
+    E = _softmax_on_expansion(V, 2)
+    dH1, kl1, _ = E.functionals(1)
+    dH2, kl2, _ = E.functionals(2)
+    d1, d2 = E.ds
+    return Derivation(
+        name="jvp1s",
+        statement=sp.Tuple(sp.Eq(sp.Symbol(r"\Delta H"), sp.Symbol(r"H(\mathrm{softmax}(z + dz_1)) - H(\pi)")),
+                           sp.Eq(sp.Symbol(r"\mathrm{KL}"), sp.Symbol(r"\mathrm{KL}(\pi\,\|\,\mathrm{softmax}(z + dz_1))"))),
+        steps=(("what dz2 adds (the logit curvature)", sp.Tuple(
+            sp.Eq(sp.Symbol(r"\Delta H_2 - \Delta H_1"), -Cov(sp.Symbol(r"\log\pi"), sp.Symbol("dz_2")) / 2 + sp.O(sp.Symbol("t") ** 3)),
+            sp.Eq(sp.Symbol(r"\mathrm{KL}_2 - \mathrm{KL}_1"), Cov(sp.Symbol("dz_1"), sp.Symbol("dz_2")) / 2 + sp.O(sp.Symbol("t") ** 4)))),),
+        result={"entropy/delta": STAT["jvp1s_dH"], "kl/step": STAT["jvp1s_kl"], "kl/step_reverse": STAT["jvp1s_kl_reverse"]},
+        residuals={
+            "dH t-term = -Cov(log pi, dz1)": E.at0(dH1, 1) + E.in_q(E.cov(E.lp0, d1)),
+            "KL: no t-term, t^2-term = Var(dz1)/2": sp.Matrix([E.at0(kl1, 1), E.at0(kl1, 2) - E.in_q(E.cov(d1, d1)) / 2]),
+            "dz2 on dH: -Cov(log pi, dz2)/2 at t^2": E.at0(dH2 - dH1, 2) + E.in_q(E.cov(E.lp0, d2)) / 2,
+            "dz2 on KL: nothing at t^2, Cov(dz1, dz2)/2 at t^3": sp.Matrix(
+                [E.at0(kl2 - kl1, 2), E.at0(kl2 - kl1, 3) - E.in_q(E.cov(d1, d2)) / 2]),
+        },
+        source="Taylor expansion of the logits in dtheta; Ren & Sutherland, ICLR 2025, eq. 3",
+    )
+
+
 @cache
 def derive_trust_region() -> Derivation:
     """The KL trust region's step: s* dtheta with KL_jvp2(s*) = delta, so kl/step = delta up to jvp2's error.
@@ -320,18 +459,21 @@ def linearized_stats(logits: Tensor, dz: Tensor) -> tuple[Tensor, Tensor]:
     return m["cov"], m["var"]
 
 
-def jvp2_logit_change(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None,
-                      delta: Mapping[str, Tensor], positions: Tensor,
-                      params: Optional[Mapping[str, Tensor]] = None) -> tuple[Tensor, Tensor, Tensor]:
-    """(logits, dz1, dz2) at the selected rows, float64 [N, V], by forward-over-forward AD.
+def jvp_taylor_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None,
+                      delta: Mapping[str, Tensor], positions: Tensor, order: int,
+                      params: Optional[Mapping[str, Tensor]] = None) -> tuple[Tensor, list[Tensor]]:
+    """(logits, [dz1, ..., dz_order]) at the selected rows, float64 [N, V]: dz_k = d^k/dt^k z(theta + t delta)|0.
 
-    dz1 = J delta and dz2 = d^2/dt^2 z(theta + t delta)|0: torch.func.jvp of the function
-    theta -> jvp(logits, theta, delta), along delta again (one nested pass; derive_jvp2). Model
-    requirements as jvp_logit_change (eager or math attention; rows after EOS left out of `positions`).
-    params: the point theta to expand at, name -> tensor for the names in delta (default: the model's
-    current parameters), so a caller holding theta_after in the model can expand at theta_before
-    without copying weights in and out.
+    Nested forward-mode AD: f_1 = jvp(logits, ., delta); f_k = jvp(f_(k-1), ., delta), whose tangent
+    outputs are the next derivative (Griewank & Walther 2008, ch. 13). Each level doubles the number of
+    forward values carried, so order k costs about 2^k forwards' worth of activations (bench/probe_overhead.py
+    measures it). Model requirements as jvp_logit_change (eager or math attention; rows after EOS left out
+    of `positions`). params: the point theta to expand at, name -> tensor for the names in delta (default:
+    the model's current parameters), so a caller holding theta_after in the model can expand at
+    theta_before without copying weights in and out.
     """
+    if order < 1:
+        raise ValueError(f"order must be >= 1, got {order}")
     named = dict(model.named_parameters())
     unknown = [n for n in delta if n not in named]
     if unknown:
@@ -342,24 +484,67 @@ def jvp2_logit_change(model: nn.Module, input_ids: Tensor, attention_mask: Tenso
     tangents = tuple(delta[n].detach().to(named[n].dtype) for n in names)
     kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
 
-    def logits_at(*ps: Tensor) -> Tensor:
-        return functional_call(model, dict(zip(names, ps)), args=(), kwargs=kwargs).logits[positions]
+    def logits_at(*ps: Tensor) -> tuple[Tensor, ...]:
+        return (functional_call(model, dict(zip(names, ps)), args=(), kwargs=kwargs).logits[positions],)
 
-    def first(*ps: Tensor) -> tuple[Tensor, Tensor]:
-        return jvp(logits_at, ps, tangents)
+    def lift(f):
+        # g(theta) = (f(theta), d/dt f(theta + t delta)): every derivative f carried, plus its own derivatives
+        def g(*ps: Tensor) -> tuple[Tensor, ...]:
+            vals, tans = jvp(f, ps, tangents)
+            return (*vals, tans[-1])
+        return g
 
-    (logits, dz1), (_, dz2) = jvp(first, primals, tangents)
-    return logits.double(), dz1.double(), dz2.double()
+    f = logits_at
+    for _ in range(order):
+        f = lift(f)
+    # f returns (z, dz1, dz2, ...): each lift appends the derivative of the last entry, so entry k is d^k z
+    out = f(*primals)
+    return out[0].double(), [d.double() for d in out[1:]]
+
+
+def jvp2_logit_change(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None,
+                      delta: Mapping[str, Tensor], positions: Tensor,
+                      params: Optional[Mapping[str, Tensor]] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(logits, dz1, dz2) at the selected rows, float64 [N, V], by forward-over-forward AD.
+
+    dz1 = J delta and dz2 = d^2/dt^2 z(theta + t delta)|0: jvp_taylor_logits at order 2 (derive_jvp2).
+    """
+    logits, (dz1, dz2) = jvp_taylor_logits(model, input_ids, attention_mask, position_ids, delta, positions, 2,
+                                           params=params)
+    return logits, dz1, dz2
+
+
+def taylor_stats(logits: Tensor, dzs: Sequence[Tensor], scale: float | Tensor = 1.0,
+                 prefix: str = "") -> dict[str, Tensor]:
+    """<prefix>dH, <prefix>kl, <prefix>kl_reverse per row [N], exact softmax functionals on the expanded logits
+
+    z~ = z + sum_k s^k dz_k / k!  (dzs = [dz1, dz2, ...], float64):  dH = H(softmax z~) - H(softmax z),
+    kl = KL(softmax z || softmax z~), kl_reverse = KL(softmax z~ || softmax z). scale s: the same
+    expansion for the step s dtheta (the trust region's search; s = 1 is the step taken).
+    """
+    z = logits.double()
+    zt = z
+    for k, dz in enumerate(dzs, 1):
+        zt = zt + scale**k / math.factorial(k) * dz.double()
+    l0, l1 = torch.log_softmax(z, -1), torch.log_softmax(zt, -1)
+    p0, p1 = l0.exp(), l1.exp()
+    return {f"{prefix}dH": (p0 * l0).sum(-1) - (p1 * l1).sum(-1), f"{prefix}kl": (p0 * (l0 - l1)).sum(-1),
+            f"{prefix}kl_reverse": (p1 * (l1 - l0)).sum(-1)}
 
 
 def expanded_stats(logits: Tensor, dz1: Tensor, dz2: Tensor, scale: float | Tensor = 1.0) -> dict[str, Tensor]:
-    """jvp2_dH, jvp2_kl, jvp2_kl_reverse per row [N], exact on z~ = z + s dz1 + s^2/2 dz2 (float64).
+    """jvp2_dH, jvp2_kl, jvp2_kl_reverse per row [N], exact on z~ = z + s dz1 + s^2/2 dz2 (taylor_stats)."""
+    return taylor_stats(logits, [dz1, dz2], scale, prefix="jvp2_")
 
-    scale s: the same expansion for the step s dtheta (the trust region's search; s = 1 is the step taken).
-    """
-    z = logits.double()
-    zt = z + scale * dz1.double() + scale**2 / 2 * dz2.double()
-    l0, l1 = torch.log_softmax(z, -1), torch.log_softmax(zt, -1)
-    p0, p1 = l0.exp(), l1.exp()
-    return {"jvp2_dH": (p0 * l0).sum(-1) - (p1 * l1).sum(-1), "jvp2_kl": (p0 * (l0 - l1)).sum(-1),
-            "jvp2_kl_reverse": (p1 * (l1 - l0)).sum(-1)}
+
+def logit_order_stats(logits: Tensor, dzs: Sequence[Tensor]) -> dict[str, Tensor]:
+    """Per-row stats of every logit order the nested pass computed (dzs = [dz1, ..., dzk], k >= 2):
+    jvp1s_* (exact softmax on z + dz1: the first order's softmax nonlinearity), jvp2_* (z + dz1 + dz2/2),
+    and jvp3_* when k >= 3 (z + dz1 + dz2/2 + dz3/6). The differences between consecutive ones are the
+    residual's decomposition: softmax nonlinearity (jvp1s - jvp), logit curvature (jvp2 - jvp1s), the
+    third-order logit term (jvp3 - jvp2)."""
+    out = taylor_stats(logits, dzs[:1], prefix="jvp1s_")
+    for k, name in ((2, "jvp2_"), (3, "jvp3_")):
+        if len(dzs) >= k:
+            out.update(taylor_stats(logits, dzs[:k], prefix=name))
+    return out

@@ -24,7 +24,8 @@ from torch import Tensor
 
 from solidrl.theory.advantages import derive_grpo_gradnorm_ratio
 from solidrl.theory.entropy import derive_cov_entropy, derive_tabular_adam, derive_tabular_npg, derive_tabular_sgd
-from solidrl.theory.kernel import ORDERS, derive_jvp, derive_jvp2, derive_kernel_crosstalk, derive_trust_region
+from solidrl.theory.kernel import (ORDERS, derive_jvp, derive_jvp1s, derive_jvp2, derive_jvp3, derive_kernel_crosstalk,
+                                   derive_trust_region)
 from solidrl.theory.offpolicy import (derive_clip_frac, derive_geo_rs, derive_icepop, derive_masked_seq_is,
                                       derive_seq_tis, derive_tis, derive_tis_two_sided)
 from solidrl.theory.registry import Registry
@@ -183,6 +184,13 @@ def jvp(stats: Stats) -> dict[str, float]:
 jvp.orders = ORDERS["jvp"]
 
 
+def _expanded_logits(stats: Stats, name: str) -> dict[str, float]:
+    """The batch means of <name>_dH, <name>_kl, <name>_kl_reverse: the exact softmax functionals on logits
+    expanded along the step (theory.kernel.taylor_stats), as entropy/delta, kl/step, kl/step_reverse."""
+    dH, kl, kr = _need(stats, name, f"{name}_dH", f"{name}_kl", f"{name}_kl_reverse")
+    return _present({"entropy/delta": _mean(dH), "kl/step": _mean(kl), "kl/step_reverse": _mean(kr)})
+
+
 @_predictor("jvp2", derive_jvp2)
 def jvp2(stats: Stats) -> dict[str, float]:
     """Second-order logits with exact softmax functionals: z~ = z + dz1 + dz2/2 from the nested JVP probe.
@@ -193,11 +201,41 @@ def jvp2(stats: Stats) -> dict[str, float]:
     O(dtheta^3) for dH and O(dtheta^4) for the KLs (theory.kernel.ORDERS).
     Derivation: theory.kernel.derive_jvp2.
     """
-    dH, kl, kr = _need(stats, "jvp2", "jvp2_dH", "jvp2_kl", "jvp2_kl_reverse")
-    return _present({"entropy/delta": _mean(dH), "kl/step": _mean(kl), "kl/step_reverse": _mean(kr)})
+    return _expanded_logits(stats, "jvp2")
 
 
 jvp2.orders = ORDERS["jvp2"]
+
+
+@_predictor("jvp3", derive_jvp3)
+def jvp3(stats: Stats) -> dict[str, float]:
+    """Third-order logits with exact softmax functionals: z~3 = z + dz1 + dz2/2 + dz3/6 (probes.jvp3_every).
+
+    entropy/delta = mean_t jvp3_dH;   kl/step = mean_t jvp3_kl;   kl/step_reverse = mean_t jvp3_kl_reverse
+    stats: jvp3_dH, jvp3_kl, jvp3_kl_reverse [N] (theory.kernel.logit_order_stats of jvp_taylor_logits at
+    order 3). Residual O(dtheta^4) for dH, O(dtheta^5) for the KLs (theory.kernel.ORDERS).
+    Derivation: theory.kernel.derive_jvp3.
+    """
+    return _expanded_logits(stats, "jvp3")
+
+
+jvp3.orders = ORDERS["jvp3"]
+
+
+@_predictor("jvp1s", derive_jvp1s)
+def jvp1s(stats: Stats) -> dict[str, float]:
+    """First-order logits with exact softmax functionals: z~1 = z + dz1 (free on a jvp2 or jvp3 step).
+
+    entropy/delta = mean_t jvp1s_dH;   kl/step = mean_t jvp1s_kl;   kl/step_reverse = mean_t jvp1s_kl_reverse
+    stats: jvp1s_dH, jvp1s_kl, jvp1s_kl_reverse [N] (theory.kernel.logit_order_stats). Not a better
+    predictor than jvp2: the first term of the residual decomposition, jvp1s - jvp = the softmax's
+    nonlinearity on the first-order logits, jvp2 - jvp1s = the logits' curvature (docs/transfer.md).
+    Derivation: theory.kernel.derive_jvp1s.
+    """
+    return _expanded_logits(stats, "jvp1s")
+
+
+jvp1s.orders = ORDERS["jvp1s"]
 
 
 @_predictor("trust_region", derive_trust_region)

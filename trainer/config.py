@@ -186,6 +186,9 @@ class ProbesConfig:
     jvp2_every: int = 0
     """Run the second-order logit predictor `jvp2` (forward-over-forward AD: dz1 and dz2 in one nested pass,
     which also gives the first-order jvp's stats) every N steps (0 = off)."""
+    jvp3_every: int = 0
+    """Run the third-order logit predictor `jvp3` (three nested forward-mode passes: dz1, dz2, dz3; it also
+    gives jvp2's and jvp's stats) every N steps (0 = off). About twice jvp2's cost (bench/probe_overhead.py)."""
     max_states: int = 0
     """Evaluate the expensive probes (the step and reference forwards, the JVP) on at most this many sequences (0 = all)."""
     save_stats: bool = True
@@ -586,6 +589,7 @@ def validate(cfg: TrainConfig, check_system: bool = True) -> None:
         (o.trust_region_mode in ("predict", "line_search"),
          f"optim.trust_region_mode {o.trust_region_mode!r} unknown; known: predict, line_search"),
         (p.jvp2_every >= 0, f"probes.jvp2_every must be >= 0 (0 = off), got {p.jvp2_every}"),
+        (p.jvp3_every >= 0, f"probes.jvp3_every must be >= 0 (0 = off), got {p.jvp3_every}"),
         (cfg.model.dtype in ("float32", "float64", "bfloat16"),
          f"model.dtype {cfg.model.dtype!r} unknown; known: float32, float64, bfloat16"),
     ]

@@ -61,7 +61,7 @@ MODELS: dict[str, dict[str, Any]] = {
 and the JVP's first order predicts 13 (far outside the linear regime); at 1e-5, kl/step = 0.013 and
 the JVP's entropy/delta is within 8% with a residual ratio of 4.4 (one batch, measured)."""
 
-PROBES = {"probes.jvp_every": 1, "probes.jvp2_every": 1, "probes.save_stats": False, "probes.groups": "step,grad,pred",
+PROBES = {"probes.jvp_every": 1, "probes.jvp2_every": 1, "probes.jvp3_every": 1, "probes.save_stats": False, "probes.groups": "step,grad,pred",
           "probes.max_states": 0}
 OBSERVED = ("entropy/delta", "kl/step")
 RATIO_KEY = ("grad/norm_ratio_vs_rloo", "grpo_gradnorm_ratio")
@@ -150,7 +150,7 @@ def run_model(name: str, n: int, out: Path, overrides: dict[str, Any], progress:
     fp: dict[int, set] = {}
     trainer.add_hook("step_end", lambda ctx: fp.setdefault(ctx.step, set()).add(fingerprint(ctx.rollout)))
     one = CounterfactualSteps(trainer)
-    jvp2_every = rec.jvp2_every
+    jvp2_every, jvp3_every = rec.jvp2_every, rec.jvp3_every
     eta = eta0 = cfg.optim.lr
     if target_kl > 0:
         eta = calibrated_lr(eta0, float(one.step(0, eta0).get("pred/jvp/kl/step", math.nan)), target_kl)
@@ -172,10 +172,10 @@ def run_model(name: str, n: int, out: Path, overrides: dict[str, Any], progress:
                     if f"pred/jvp/{m}" in arms["eta"][-1] and f"pred/jvp/{m}" not in row:
                         row[f"pred/jvp/{m}"] = arms["eta"][-1][f"pred/jvp/{m}"] * frac ** k
                 arms[arm].append(row)
-            rec.jvp2_every = 0  # lr 0: observed side only
+            rec.jvp2_every = rec.jvp3_every = 0  # lr 0: observed side only
             if b < noise_batches:
                 arms["zero"].append(one.step(b, 0.0))
-            rec.jvp_every, rec.jvp2_every = 1, jvp2_every
+            rec.jvp_every, rec.jvp2_every, rec.jvp3_every = 1, jvp2_every, jvp3_every
             arms["rloo"].append(one.step(b, overrides={"algo.advantage": "rloo"}, hooks=False))
             for arm, rows in arms.items():
                 if len(rows) == b + 1:
@@ -304,6 +304,45 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+DECOMPOSITION = (("first order", None, "jvp"), ("softmax nonlinearity", "jvp", "jvp1s"),
+                 ("logit curvature", "jvp1s", "jvp2"), ("third-order logits", "jvp2", "jvp3"), ("rest", "jvp3", None))
+"""The residual's decomposition (theory.kernel.derive_jvp1s, derive_jvp3): observed = jvp + (jvp1s - jvp) +
+(jvp2 - jvp1s) + (jvp3 - jvp2) + (observed - jvp3). Each term: (upper - lower), None = 0 below / observed above."""
+
+
+def decomposition(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (model, metric): each DECOMPOSITION term over the batches at eta, as a share of the observed value:
+    median_b term_b / obs_b (signed; the shares of one batch add up to 1). Empty where a predictor is absent."""
+    by = {(r["model"], r["predictor"], r["metric"]): r for r in rows}
+    out = []
+    for model, metric in sorted({(r["model"], r["metric"]) for r in rows if r["metric"] in OBSERVED}):
+        got = {p: np.array(by[(model, p, metric)]["pred"], dtype=float) for p in ("jvp", "jvp1s", "jvp2", "jvp3")
+               if (model, p, metric) in by}
+        if len(got) < 4:
+            continue
+        obs = np.array(by[(model, "jvp", metric)]["obs"], dtype=float)
+        ok = np.isfinite(obs) & (obs != 0)
+        shares = {}
+        for label, lo, hi in DECOMPOSITION:
+            term = (obs if hi is None else got[hi]) - (0.0 if lo is None else got[lo])
+            v = term[ok] / obs[ok]
+            shares[label] = float(np.median(v)) if v.size else None
+        out.append({"model": model, "metric": metric, "shares": shares,
+                    "median_abs_obs": float(np.median(np.abs(obs[ok]))) if ok.any() else None})
+    return out
+
+
+def decomposition_table(dec: list[dict[str, Any]]) -> str:
+    if not dec:
+        return ""
+    labels = [d[0] for d in DECOMPOSITION]
+    lines = ["| model | metric | " + " | ".join(labels) + " | median abs obs |", "|---|---|" + "---|" * (len(labels) + 1)]
+    for d in dec:
+        lines.append(f"| {d['model']} | {d['metric']} | " + " | ".join(_fmt(d["shares"][k], "pct2") for k in labels)
+                     + f" | {_fmt(d['median_abs_obs'])} |")
+    return "\n".join(lines)
+
+
 def _symlog_ticks(thr: float, lo: float, hi: float) -> list[float]:
     """0 and the decades at or beyond the linear threshold that the data [lo, hi] reach, per sign: the
     default symlog ticks also put +-thr one decade beside 0, where their labels overlap."""
@@ -383,6 +422,7 @@ def run_transfer(models: list[str], n: int, out: Path, overrides: dict[str, Any]
         "models": [{k: v for k, v in r.items() if k != "arms"} for r in results],
         "rows": rows, "wall_s": round(time.perf_counter() - t0, 1),
     }
+    report["decomposition"] = decomposition(rows)
     report["plots"] = plots(report, pairs, out / "plots")
     md = ["# Transfer table", "", f"Command: `{command_line}`", "",
           "| model | params | task | batch | lr (eta) | mean accuracy | wall s |", "|---|---|---|---|---|---|---|"]
@@ -394,6 +434,13 @@ def run_transfer(models: list[str], n: int, out: Path, overrides: dict[str, Any]
                 "lr (eta) is the configured one (--target-kl 0).")]
     md += ["", f"N = {n} batches per model; total wall time {report['wall_s']:.0f} s "
            f"({report['threads']} torch threads).", "", table(report), ""]
+    if report["decomposition"]:
+        md += ["## The residual's decomposition", "",
+               "Each term as a share of the observed value (median over the batches at eta; one batch's shares add "
+               "up to 100%): observed = jvp + (jvp1s - jvp) + (jvp2 - jvp1s) + (jvp3 - jvp2) + (observed - jvp3). "
+               "First order: the JVP's Taylor terms; softmax nonlinearity: the exact softmax on the same first-order "
+               "logits; logit curvature: what dz2/2 adds; third-order logits: dz3/6; rest: what jvp3 misses.", "",
+               decomposition_table(report["decomposition"]), ""]
     (out / "table.md").write_text("\n".join(md))
     (out / "report.json").write_text(json.dumps(report, indent=1))
     return report
@@ -424,6 +471,8 @@ def cmd_transfer(args) -> int:
     rep = run_transfer(models, args.n, Path(args.out), over, progress=not args.quiet, command_line=cmdline,
                        noise_batches=args.noise_batches, target_kl=args.target_kl)
     print(table(rep))
+    if rep["decomposition"]:
+        print("\nresidual decomposition (share of observed):\n" + decomposition_table(rep["decomposition"]))
     print(f"\nwrote {Path(args.out) / 'table.md'}, report.json, {len(rep['plots'])} plots; {rep['wall_s']:.0f} s")
     return 0
 
