@@ -6,10 +6,13 @@ interleaved round by round (so machine load drifts hit every arm alike):
   jvp       one forward-mode pass: dz1 (theory.kernel.jvp_logit_change)
   jvp2      forward over forward: dz1, dz2 (jvp_taylor_logits order 2)
   jvp3      three nestings: dz1, dz2, dz3 (order 3)
+  fd        the jvp plus two forwards at theta +- h delta: dz1 exact, dz2 and dz3 by central differences
+            (theory.kernel.fd_taylor_logits; probes.jvp_mode = fd)
   step      a bare training step (rollout, forward, backward, optimizer; Trainer.train_step, probes off)
 Printed per size: the median seconds of each, and as ratios (median over rounds of the per-round ratio,
 with the middle 50%): each JVP arm in forwards, and in bare steps; the extra cost of jvp2 over jvp and of
-jvp3 over jvp2, in forwards (issue 18's target: jvp2 at most two forwards beyond the first-order JVP).
+jvp3 over jvp2 and of fd over jvp, in forwards (issue 18's target: jvp2 at most two forwards beyond the
+first-order JVP).
 
     .venv/bin/python bench/jvp_cost.py [--sizes nano micro] [--rounds 12] [--threads 1] [--out bench/results/jvp_cost.json]
 
@@ -28,11 +31,11 @@ from pathlib import Path
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from solidrl.theory.kernel import jvp_logit_change, jvp_taylor_logits
+from solidrl.theory.kernel import fd_taylor_logits, jvp_logit_change, jvp_taylor_logits
 from solidrl.trainer.config import TrainConfig, apply_overrides
 from solidrl.trainer.loop import Trainer
 
-ARMS = ("forward", "jvp", "jvp2", "jvp3", "step")
+ARMS = ("forward", "jvp", "jvp2", "jvp3", "fd", "step")
 
 
 def _quartiles(xs: list[float]) -> tuple[float, float, float]:
@@ -67,12 +70,15 @@ def bench_size(size: str, rounds: int, threads: int) -> dict:
 
         def run_jvp(order):
             with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
-                if order == 1:
+                if order == "fd":
+                    fd_taylor_logits(model, ids, mask, pos, delta, rows)
+                elif order == 1:
                     jvp_logit_change(model, ids, mask, pos, delta, rows)
                 else:
                     jvp_taylor_logits(model, ids, mask, pos, delta, rows, order)
 
-        fns = {"forward": forward, "jvp": lambda: run_jvp(1), "jvp2": lambda: run_jvp(2), "jvp3": lambda: run_jvp(3)}
+        fns = {"forward": forward, "jvp": lambda: run_jvp(1), "jvp2": lambda: run_jvp(2), "jvp3": lambda: run_jvp(3),
+               "fd": lambda: run_jvp("fd")}
         times = {a: [] for a in ARMS}
         for r in range(rounds + 1):  # round 0 warms up
             order = list(ARMS[r % len(ARMS):] + ARMS[:r % len(ARMS)])
@@ -89,9 +95,10 @@ def bench_size(size: str, rounds: int, threads: int) -> dict:
     extra = lambda a, b: [(x - y) / f for x, y, f in zip(times[a], times[b], times["forward"])]  # noqa: E731
     res = {"size": size, "tokens": int(rows.sum()), "batch": list(ids.shape), "threads": threads, "rounds": rounds,
            "median_s": {a: statistics.median(v) for a, v in times.items()},
-           "in_forwards": {a: _quartiles(per(a, "forward")) for a in ("jvp", "jvp2", "jvp3", "step")},
-           "in_steps": {a: _quartiles(per(a, "step")) for a in ("forward", "jvp", "jvp2", "jvp3")},
-           "extra_forwards": {"jvp2 - jvp": _quartiles(extra("jvp2", "jvp")), "jvp3 - jvp2": _quartiles(extra("jvp3", "jvp2"))}}
+           "in_forwards": {a: _quartiles(per(a, "forward")) for a in ("jvp", "jvp2", "jvp3", "fd", "step")},
+           "in_steps": {a: _quartiles(per(a, "step")) for a in ("forward", "jvp", "jvp2", "jvp3", "fd")},
+           "extra_forwards": {"jvp2 - jvp": _quartiles(extra("jvp2", "jvp")), "jvp3 - jvp2": _quartiles(extra("jvp3", "jvp2")),
+                              "fd - jvp": _quartiles(extra("fd", "jvp"))}}
     return res
 
 
@@ -105,12 +112,14 @@ def main(argv=None) -> int:
     results = [bench_size(s, a.rounds, a.threads) for s in a.sizes]
     fmt = lambda q: f"{q[1]:.2f} ({q[0]:.2f}-{q[2]:.2f})"  # noqa: E731
     print("| size | tokens | forward s | bare step s | jvp in forwards | jvp2 in forwards | jvp3 in forwards "
-          "| jvp2 - jvp, forwards | jvp3 - jvp2, forwards | jvp2 in bare steps | jvp3 in bare steps |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| fd (dz1-dz3) in forwards | jvp2 - jvp, forwards | fd - jvp, forwards | jvp2 in bare steps | jvp3 in bare steps "
+          "| fd in bare steps |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         m, f, s, e = r["median_s"], r["in_forwards"], r["in_steps"], r["extra_forwards"]
         print(f"| {r['size']} | {r['tokens']} | {m['forward']:.3f} | {m['step']:.3f} | {fmt(f['jvp'])} | {fmt(f['jvp2'])} | "
-              f"{fmt(f['jvp3'])} | {fmt(e['jvp2 - jvp'])} | {fmt(e['jvp3 - jvp2'])} | {fmt(s['jvp2'])} | {fmt(s['jvp3'])} |")
+              f"{fmt(f['jvp3'])} | {fmt(f['fd'])} | {fmt(e['jvp2 - jvp'])} | {fmt(e['fd - jvp'])} | {fmt(s['jvp2'])} | "
+              f"{fmt(s['jvp3'])} | {fmt(s['fd'])} |")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"command": "bench/jvp_cost.py " + " ".join(argv or sys.argv[1:]),
                                        "results": results}, indent=1))

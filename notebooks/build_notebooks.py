@@ -187,6 +187,15 @@ for lr in lrs:
 for k, v in res.items():
     plt.loglog(lrs, v, "o-", label=k); print(k, "slopes", np.round(kernel.residual_order(v), 2))
 plt.xlabel("lr"); plt.ylabel("|residual|"); plt.legend(); plt.title("jvp2 vs jvp3 residuals"); plt.show()"""),
+    ("md", "## jvp_fd\nThe cheap route to $dz_2$ and $dz_3$ (`probes.jvp_mode = \"fd\"`): the jvp's exact $dz_1$ plus two forwards at $\\theta \\pm h\\Delta\\theta$, central differences with $O(h^2)$ truncation: the jvp's cost plus two forwards, against 11 and 41 forwards for the nested jvp2 and jvp3 (bench/jvp_cost.py). On the Llama: the stencils' error against the nested pass falls about 4x per halving of h until float32 rounding ($\\sim 10^{-7}|z| \\cdot 6/h^3$ in $dz_3$) takes over."),
+    ("code", """\
+show(kernel.derive_jvp_fd())
+d = {n: -4e-3 * t for n, t in grad.items()}
+z0, nested = kernel.jvp_taylor_logits(model, ids, mask, pos, d, sel, 3)
+for h in (1.0, 0.5, 0.25, 0.125):
+    _, fd = kernel.fd_taylor_logits(model, ids, mask, pos, d, sel, h)
+    e2, e3 = (float((a - b).abs().max() / b.abs().max()) for a, b in zip(fd[1:], nested[1:]))
+    print(f"h {h:5.3f}: max rel. error dz2 {e2:.2e}, dz3 {e3:.2e}")"""),
     ("md", "## jvp1s\nFirst-order logits with the exact softmax functionals: not a better predictor, but the first cut of the residual. What jvp misses splits into the softmax's nonlinearity on the first-order logits (jvp1s - jvp), the logits' curvature (jvp2 - jvp1s, leading term $-\\mathrm{Cov}_\\pi(\\log\\pi, dz_2)/2$ on dH), the third-order logits (jvp3 - jvp2) and what is left (measured - jvp3). `solidrl transfer` prints this decomposition per model."),
     ("code", """\
 show(kernel.derive_jvp1s())

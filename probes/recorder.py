@@ -138,6 +138,7 @@ class Recorder:
         self.jvp_every = p.jvp_every
         self.jvp2_every = p.jvp2_every
         self.jvp3_every = p.jvp3_every
+        self.jvp_mode, self.jvp_fd_h = p.jvp_mode, p.jvp_fd_h
         self.max_states = p.max_states
         self.save_stats = p.save_stats
         self.stats_dir = Path(trainer.out) / "stats"
@@ -399,7 +400,8 @@ class Recorder:
         (derive_jvp2, derive_jvp1s), on a jvp3 step also jvp3_* from dz3 of a third nesting (derive_jvp3)."""
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        from solidrl.theory.kernel import jvp_logit_change, jvp_taylor_logits, linearized_stats, logit_order_stats
+        from solidrl.theory.kernel import (fd_taylor_logits, jvp_logit_change, jvp_taylor_logits, linearized_stats,
+                                           logit_order_stats)
 
         after = self._flat()
         delta, off = {}, 0
@@ -417,7 +419,10 @@ class Recorder:
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             order = self._logit_order(ctx.step)
             with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
-                if order > 1:
+                if order > 1 and self.jvp_mode == "fd":  # the jvp plus two forwards (kernel.fd_taylor_logits)
+                    logits, dzs = fd_taylor_logits(ctx.model, ids, mask, pos, delta, positions, self.jvp_fd_h)
+                    dzs, dz = dzs[:order], dzs[0]
+                elif order > 1:
                     logits, dzs = jvp_taylor_logits(ctx.model, ids, mask, pos, delta, positions, order)
                     dz = dzs[0]
                 else:

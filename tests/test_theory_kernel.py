@@ -394,3 +394,29 @@ def test_trust_region_scale_from_jvp2_hits_delta_on_the_exact_step(tiny):
         s, k, _ = solve_scale(lambda x: float(kernel.expanded_stats(logits, dz1, dz2, x)["jvp2_kl"].mean()), target, 10.0)
         assert k == pytest.approx(target, rel=1e-3)
         assert _exact(m, delta, s)["kl/step"] == pytest.approx(target, rel=0.03)
+
+
+def test_jvp_fd_symbolic():
+    assert all(kernel.derive_jvp_fd().verify().values())
+
+
+def test_fd_taylor_logits_match_the_nested_pass_to_second_order_in_h(tiny):
+    """fd's dz2, dz3 against the nested pass's (float64): their error is h^2 dz4/12 and h^2 dz5/20, so it
+    falls 4x when h halves; dz1 is the jvp's exactly; the fd-based jvp3 prediction of the real step is within
+    1% of the nested one's."""
+    m, delta = tiny.m, tiny.delta
+    logits, exact = kernel.jvp_taylor_logits(m.model, m.ids, m.mask, m.pos, delta, m.sel, 3)
+    errs = {}
+    for h in (0.5, 0.25):
+        lg, fd = kernel.fd_taylor_logits(m.model, m.ids, m.mask, m.pos, delta, m.sel, h)
+        assert torch.allclose(lg, logits, atol=1e-13) and torch.allclose(fd[0], exact[0], atol=1e-13)
+        errs[h] = [float((a - b).abs().max() / b.abs().max()) for a, b in zip(fd[1:], exact[1:])]
+    for k in range(2):  # dz2, dz3
+        assert errs[0.25][k] < 0.05, errs
+        assert 3.0 < errs[0.5][k] / errs[0.25][k] < 5.0, errs  # O(h^2): 4x per halving
+    st_fd = kernel.logit_order_stats(logits, kernel.fd_taylor_logits(m.model, m.ids, m.mask, m.pos, delta, m.sel)[1])
+    st = kernel.logit_order_stats(logits, exact)
+    for key in ("jvp3_dH", "jvp3_kl"):
+        assert abs(float(st_fd[key].mean() - st[key].mean())) < 0.01 * abs(float(st[key].mean())), key
+    with pytest.raises(ValueError):
+        kernel.fd_taylor_logits(m.model, m.ids, m.mask, m.pos, delta, m.sel, 0.0)

@@ -43,7 +43,7 @@ from torch.func import functional_call, jvp
 from solidrl.theory.derivation import STAT, Cov, Derivation, Var
 from solidrl.theory.entropy import derive_tabular_sgd, directional_moments
 
-__all__ = ["derive_jvp", "derive_jvp2", "derive_jvp3", "derive_jvp1s", "derive_trust_region", "derive_kernel_crosstalk",
+__all__ = ["derive_jvp", "derive_jvp2", "derive_jvp3", "derive_jvp1s", "derive_jvp_fd", "fd_taylor_logits", "derive_trust_region", "derive_kernel_crosstalk",
            "jvp_logit_change", "jvp2_logit_change", "jvp_taylor_logits", "linearized_stats", "expanded_stats",
            "taylor_stats", "logit_order_stats", "ORDERS", "residual_order"]
 
@@ -393,6 +393,39 @@ def derive_jvp1s(V: int = 3) -> Derivation:
 
 
 @cache
+def derive_jvp_fd() -> Derivation:
+    """The finite-difference route to dz2 and dz3 (fd_taylor_logits): two forwards at theta +- h delta and the exact dz1.
+
+    With z(h) = z + h d1 + h^2/2 d2 + h^3/6 d3 + h^4/24 d4 + h^5/120 d5 + O(h^6) along the step:
+      (z(h) + z(-h) - 2 z) / h^2 = d2 + h^2 d4 / 12 + O(h^4),
+      6 ((z(h) - z(-h)) / (2h) - d1) / h^2 = d3 + h^2 d5 / 20 + O(h^4).
+    The residuals are those two identities on the symbolic series (the O(h^6) terms drop out of both).
+    Source: central differences (Fornberg 1988, Generation of finite difference formulas on arbitrarily
+    spaced grids, Math. Comp. 51), with the first derivative taken exactly from the jvp.
+    """
+    h = sp.Symbol("h", positive=True)
+    z, *d = sp.symbols("z d1:7", real=True)
+
+    def zh(x):
+        return z + sum(x**k / sp.factorial(k) * d[k - 1] for k in range(1, 7))
+
+    fd2 = (zh(h) + zh(-h) - 2 * z) / h**2
+    fd3 = 6 * ((zh(h) - zh(-h)) / (2 * h) - d[0]) / h**2
+    return Derivation(
+        name="jvp_fd",
+        statement=sp.Tuple(sp.Eq(sp.Symbol("dz_2"), sp.Symbol(r"(z(h) + z(-h) - 2z)/h^2") + sp.O(h**2)),
+                           sp.Eq(sp.Symbol("dz_3"), sp.Symbol(r"6((z(h) - z(-h))/(2h) - dz_1)/h^2") + sp.O(h**2))),
+        steps=(),
+        result={},
+        residuals={
+            "dz2 stencil = d2 + h^2 d4/12 + h^4 d6/360": sp.expand(fd2 - d[1] - h**2 * d[3] / 12 - h**4 * d[5] / 360),
+            "dz3 stencil = d3 + h^2 d5/20": sp.expand(fd3 - d[2] - h**2 * d[4] / 20),
+        },
+        source="central differences (Fornberg 1988) with the exact first derivative",
+    )
+
+
+@cache
 def derive_trust_region() -> Derivation:
     """The KL trust region's step: s* dtheta with KL_jvp2(s*) = delta, so kl/step = delta up to jvp2's error.
 
@@ -500,6 +533,41 @@ def jvp_taylor_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tenso
     # f returns (z, dz1, dz2, ...): each lift appends the derivative of the last entry, so entry k is d^k z
     out = f(*primals)
     return out[0].double(), [d.double() for d in out[1:]]
+
+
+def fd_taylor_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None,
+                     delta: Mapping[str, Tensor], positions: Tensor, h: float = 0.25,
+                     params: Optional[Mapping[str, Tensor]] = None) -> tuple[Tensor, list[Tensor]]:
+    """(logits, [dz1, dz2, dz3]) float64 [N, V]: dz1 exact by one jvp, dz2 and dz3 from two forwards at theta +- h delta.
+
+    With z(+-h) = z(theta +- h delta) = z +- h dz1 + h^2/2 dz2 +- h^3/6 dz3 + h^4/24 dz4 +- ... (Taylor in h):
+      dz2 = (z(+h) + z(-h) - 2 z) / h^2                 - h^2 dz4 / 12  + O(h^4)
+      dz3 = 6 ((z(+h) - z(-h)) / (2h) - dz1) / h^2       - h^2 dz5 / 20  + O(h^4)
+    (central differences that use the exact dz1; derive_jvp_fd checks both). The cost is the first-order jvp
+    plus two forwards, against 3 and 9 times the jvp's streams for the nested passes (bench/jvp_cost.py).
+    Rounding: float32 logits carry ~1e-7 |z| of noise, amplified by 2 / h^2 in dz2 and 6 / h^3 in dz3 (at the
+    default h = 1/4: 32x and 384x, i.e. ~1e-4 nats in dz3 for |z| ~ 3, averaged down by the batch mean);
+    truncation: h^2 / 12 = 0.5% of dz4 and h^2 / 20 of dz5. h is a fraction of the step: theta + h delta lies
+    on the segment to the step's end, but the functionals are evaluated on the expanded logits at the step's
+    end, not on a forward there. Model requirements as jvp_logit_change. params: the point to expand at.
+    """
+    if not 0 < h <= 1:
+        raise ValueError(f"h must be in (0, 1], got {h}")
+    named = dict(model.named_parameters())
+    at = named if params is None else params
+    names = list(delta)
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    logits, (dz1,) = jvp_taylor_logits(model, input_ids, attention_mask, position_ids, delta, positions, 1, params=params)
+
+    def z_at(sign: float) -> Tensor:
+        moved = {n: at[n].detach() + sign * h * delta[n].detach().to(named[n].dtype) for n in names}
+        with torch.no_grad():
+            return functional_call(model, moved, args=(), kwargs=kwargs).logits[positions].double()
+
+    zp, zm = z_at(1.0), z_at(-1.0)
+    dz2 = (zp + zm - 2 * logits) / h**2
+    dz3 = 6 * ((zp - zm) / (2 * h) - dz1) / h**2
+    return logits, [dz1, dz2, dz3]
 
 
 def jvp2_logit_change(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None,

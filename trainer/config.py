@@ -188,7 +188,13 @@ class ProbesConfig:
     which also gives the first-order jvp's stats) every N steps (0 = off)."""
     jvp3_every: int = 0
     """Run the third-order logit predictor `jvp3` (three nested forward-mode passes: dz1, dz2, dz3; it also
-    gives jvp2's and jvp's stats) every N steps (0 = off). About twice jvp2's cost (bench/probe_overhead.py)."""
+    gives jvp2's and jvp's stats) every N steps (0 = off). Nested, about 4x jvp2's cost (bench/jvp_cost.py)."""
+    jvp_mode: str = "nested"
+    """How jvp2 and jvp3 get dz2 and dz3: nested (forward-mode AD nested 2 or 3 deep: exact, 11 and 41 forwards'
+    cost on nano) or fd (the jvp's exact dz1 plus two forwards at theta +- h dtheta, central differences:
+    theory.kernel.fd_taylor_logits; the jvp's cost plus two forwards, O(h^2) truncation and float32 rounding)."""
+    jvp_fd_h: float = 0.25
+    """The fd mode's step fraction h in (0, 1]: truncation h^2 dz4 / 12, rounding ~1e-7 |z| * 6 / h^3 in dz3."""
     max_states: int = 0
     """Evaluate the expensive probes (the step and reference forwards, the JVP) on at most this many sequences (0 = all)."""
     save_stats: bool = True
@@ -590,6 +596,8 @@ def validate(cfg: TrainConfig, check_system: bool = True) -> None:
          f"optim.trust_region_mode {o.trust_region_mode!r} unknown; known: predict, line_search"),
         (p.jvp2_every >= 0, f"probes.jvp2_every must be >= 0 (0 = off), got {p.jvp2_every}"),
         (p.jvp3_every >= 0, f"probes.jvp3_every must be >= 0 (0 = off), got {p.jvp3_every}"),
+        (p.jvp_mode in ("nested", "fd"), f"probes.jvp_mode must be 'nested' or 'fd', got {p.jvp_mode!r}"),
+        (0 < p.jvp_fd_h <= 1, f"probes.jvp_fd_h must be in (0, 1], got {p.jvp_fd_h}"),
         (cfg.model.dtype in ("float32", "float64", "bfloat16"),
          f"model.dtype {cfg.model.dtype!r} unknown; known: float32, float64, bfloat16"),
     ]

@@ -4,7 +4,8 @@
 
 For each model, N counterfactual steps (probes/counterfactual.py) from the same weights
 on N real rollout batches, each at a learning rate eta, eta/2 and eta/4, with the probes' recorder
-attached (the JVP and the second-order jvp2 on every step). eta is calibrated per model (--target-kl, default 0.01) so that the
+attached (the JVP, jvp1s, jvp2 and jvp3 from one third-order nested pass on every step; on a big model
+`--set probes.jvp3_every=0` keeps the second-order pass: jvp3 costs 8 bare SmolLM2 steps, bench/jvp_cost.py). eta is calibrated per model (--target-kl, default 0.01) so that the
 first batch's JVP-predicted kl/step is the same on every model: the first-order predictors' error
 grows with the step's size in nats, and one lr is a very different step on different models. Per
 predictor output with an observed counterpart it reports, over the N batches at eta:
@@ -14,7 +15,7 @@ predictor output with an observed counterpart it reports, over the N batches at 
   residual ratio          median_b |obs - pred|(eta) / |obs - pred|(eta/2)
   residual order          median_b log2 of that ratio, at eta -> eta/2 and eta/2 -> eta/4 (theory.kernel
                           residual_order), beside the k + 1 a k-th order predictor's residual must reach
-                          (theory.kernel.ORDERS: jvp dH 2, KL 3; jvp2 dH 3, KL 4): the first-order JVP's dH
+                          (theory.kernel.ORDERS: jvp dH 2, KL 3; jvp2 dH 3, KL 4; jvp3 dH 4, KL 5): the first-order JVP's dH
                           ratio of ~2.5-3 is not "first order off" (its first-order term is exact) but a
                           residual not yet in its asymptotic regime at eta, which the eta/4 slope shows;
                           only for quantities that scale with eta (not for the gradient-norm ratio)
@@ -27,6 +28,9 @@ backward with algo.advantage = rloo); the clip fraction against the share of tok
 over the batch (epochs = 2) would clip, whose ratio pi_new / pi_old exists after the step (the
 on-policy first pass has ratio exactly 1): the predictor sees only the log-ratios' mean and spread.
 
+The residual's decomposition (decomposition()): per model and metric, the share of the observed value in
+the first order (jvp), the softmax's nonlinearity (jvp1s - jvp), the logits' curvature (jvp2 - jvp1s), the
+third-order logits (jvp3 - jvp2) and the rest (observed - jvp3).
 Writes to --out: table.md, report.json, plots/<predictor>__<metric>.png (predicted vs observed, every
 model, y = x), <model>/rows.jsonl (every step's row). docs/transfer.md quotes the table.
 Left out: more than one step (trajectories are probe-check's), learning-rate sweeps beyond eta/2.
@@ -140,7 +144,7 @@ def run_model(name: str, n: int, out: Path, overrides: dict[str, Any], progress:
     from solidrl.probes.probeset import attach_probes
 
     t0 = time.perf_counter()
-    over = {**MODELS[name], **overrides, **PROBES, "run.steps": n}
+    over = {**MODELS[name], **PROBES, **overrides, "run.steps": n}  # --set wins (e.g. probes.jvp3_every=0 on a big model)
     cfg = apply_overrides(TrainConfig(), over)
     d = out / name
     trainer = Trainer(cfg, d, progress=progress)
@@ -312,18 +316,23 @@ DECOMPOSITION = (("first order", None, "jvp"), ("softmax nonlinearity", "jvp", "
 
 def decomposition(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (model, metric): each DECOMPOSITION term over the batches at eta, as a share of the observed value:
-    median_b term_b / obs_b (signed; the shares of one batch add up to 1). Empty where a predictor is absent."""
+    median_b term_b / obs_b (signed; the shares of one batch add up to 1). Without jvp3 the third-order share
+    is None and the rest is obs - jvp2; no entry without jvp, jvp1s and jvp2."""
     by = {(r["model"], r["predictor"], r["metric"]): r for r in rows}
     out = []
     for model, metric in sorted({(r["model"], r["metric"]) for r in rows if r["metric"] in OBSERVED}):
         got = {p: np.array(by[(model, p, metric)]["pred"], dtype=float) for p in ("jvp", "jvp1s", "jvp2", "jvp3")
                if (model, p, metric) in by}
-        if len(got) < 4:
+        if not {"jvp", "jvp1s", "jvp2"} <= set(got):
             continue
         obs = np.array(by[(model, "jvp", metric)]["obs"], dtype=float)
         ok = np.isfinite(obs) & (obs != 0)
         shares = {}
+        top = "jvp3" if "jvp3" in got else "jvp2"  # without jvp3 (probes.jvp3_every = 0) the rest is obs - jvp2
         for label, lo, hi in DECOMPOSITION:
+            if "jvp3" not in got and "jvp3" in (lo, hi):
+                shares[label] = None if hi == "jvp3" else float(np.median((obs[ok] - got[top][ok]) / obs[ok]))
+                continue
             term = (obs if hi is None else got[hi]) - (0.0 if lo is None else got[lo])
             v = term[ok] / obs[ok]
             shares[label] = float(np.median(v)) if v.size else None
