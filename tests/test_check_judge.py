@@ -176,6 +176,18 @@ def test_a_record_without_cold_starts_has_no_per_cold_start_verdicts(runs):
     assert "by_cold_start" not in e and "unstable" not in e
 
 
+def test_a_pretrained_model_path_run_has_no_cold_start_and_says_so(runs):
+    """model.path runs start from the given weights whatever sft.seed is (probes/check/run.py records
+    cold_start None): no per-cold-start verdicts, no unstable flag, and the entry says why."""
+    hyp, out, record = runs
+    for r in record["runs"]:
+        r["cold_start"], r["pretrained"] = None, "smollm2-135m"
+    e = judge_all(hyp, out, record)["predictions"][4]
+    assert "by_cold_start" not in e and "unstable" not in e
+    assert "pretrained weights (smollm2-135m)" in e["start"] and "not checked across starting points" in e["start"]
+    assert "pretrained weights (smollm2-135m)" in report.markdown(judge_all(hyp, out, record))
+
+
 def test_report_write_keeps_plot_data_out_of_report_json(runs, tmp_path):
     hyp, out, record = runs
     res = judge_all(hyp, out, record)

@@ -285,6 +285,10 @@ def judge_prediction(p: Prediction, data: RunData) -> tuple[dict[str, Any], Opti
                                   "does not lie above 0, so the predictor says nothing beyond its average")
     entry.update(_severity(p, j, data, seeds, sl, sk))
     by_cs = _by_cold_start(p, data, seeds, sl)
+    pre = sorted({str(r.get("pretrained")) for a in p.arms for r in data.runs(a).values() if r.get("pretrained")})
+    if pre:
+        entry["start"] = (f"pretrained weights ({', '.join(pre)}): no cold start to vary, its seeds vary the RL run "
+                          "only, so this verdict is not checked across starting points")
     if by_cs:
         entry["by_cold_start"] = by_cs
         entry["unstable"] = len({x["verdict"] for x in by_cs}) > 1

@@ -236,6 +236,8 @@ def _md_verdict_details(preds: list[dict]) -> list[str]:
             f = lambda x: "nan" if x is None else f"{x:.3g}"
             parts.append(f"per-step skill {f(sk['value'])} [{f(sk['interval'][0])}, {f(sk['interval'][1])}]"
                          + (" (says nothing beyond its average)" if sk["says_nothing_beyond_average"] else ""))
+        if e.get("start"):
+            parts.append(e["start"])
         if e.get("by_cold_start"):
             cs = "; ".join(f"cold start {x['cold_start']}: {x['verdict']}" for x in e["by_cold_start"])
             parts.append(("**unstable** across cold starts (" if e.get("unstable") else "by cold start (") + cs + ")")

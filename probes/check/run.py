@@ -136,7 +136,10 @@ def _run_one(hyp: Hypothesis, arm: str, seed: int, plan: Plan, out: Path, run_di
                            "status": "failed", "reason": None, "counterfactual": []}
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg = hyp_mod.arm_config(hyp, arm, plan, seed)
-    rec["cold_start"] = cfg.sft.seed  # the sft.seed this run started from: the report's per-cold-start verdicts
+    # the sft.seed this run started from: the report's per-cold-start verdicts. A model.path run has no cold
+    # start (it starts from the given weights whatever sft.seed says): None, and its seeds vary the RL run only
+    rec["cold_start"] = None if cfg.model.path else cfg.sft.seed
+    rec["pretrained"] = cfg.model.path
     t0 = time.perf_counter()
     shadows: list[tuple[str, Shadow]] = []
     try:
