@@ -187,7 +187,7 @@ for lr in lrs:
 for k, v in res.items():
     plt.loglog(lrs, v, "o-", label=k); print(k, "slopes", np.round(kernel.residual_order(v), 2))
 plt.xlabel("lr"); plt.ylabel("|residual|"); plt.legend(); plt.title("jvp2 vs jvp3 residuals"); plt.show()"""),
-    ("md", "## jvp_fd\nThe cheap route to $dz_2$ and $dz_3$ (`probes.jvp_mode = \"fd\"`): the jvp's exact $dz_1$ plus two forwards at $\\theta \\pm h\\Delta\\theta$, central differences with $O(h^2)$ truncation: the jvp's cost plus two forwards, against 11 and 41 forwards for the nested jvp2 and jvp3 (bench/jvp_cost.py). On the Llama: the stencils' error against the nested pass falls about 4x per halving of h until float32 rounding ($\\sim 10^{-7}|z| \\cdot 6/h^3$ in $dz_3$) takes over."),
+    ("md", "## jvp_fd\nThe cheap route to $dz_2$ and $dz_3$ (`probes.jvp_mode = \"fd\"`): the jvp's exact $dz_1$ plus two forwards at $\\theta \\pm h\\Delta\\theta$, central differences with $O(h^2)$ truncation: the jvp's cost plus two forwards, against 12 and 38 forwards for the nested jvp2 and jvp3 (bench/jvp_cost.py). On the Llama: the stencils' error against the nested pass falls about 4x per halving of h until float32 rounding ($\\sim 10^{-7}|z| \\cdot 6/h^3$ in $dz_3$) takes over."),
     ("code", """\
 show(kernel.derive_jvp_fd())
 d = {n: -4e-3 * t for n, t in grad.items()}

@@ -71,3 +71,14 @@ def test_fd_mode_gives_the_nested_predictions_on_the_same_run(tmp_path):
             for m in ("entropy/delta", "kl/step"):
                 x, y = a[f"pred/{p}/{m}"], b[f"pred/{p}/{m}"]
                 assert abs(x - y) < 0.02 * abs(x), (a["step"], p, m, x, y)
+
+
+def test_bad_jvp_settings_are_config_errors_naming_the_key():
+    import pytest
+
+    from solidrl.trainer.config import ConfigError, validate
+
+    for key, bad in (("probes.jvp3_every", -1), ("probes.jvp_mode", "jet"), ("probes.jvp_fd_h", 0.0),
+                     ("probes.jvp_fd_h", 1.5)):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            validate(apply_overrides(TrainConfig(), {key: bad}))

@@ -188,9 +188,9 @@ class ProbesConfig:
     which also gives the first-order jvp's stats) every N steps (0 = off)."""
     jvp3_every: int = 0
     """Run the third-order logit predictor `jvp3` (three nested forward-mode passes: dz1, dz2, dz3; it also
-    gives jvp2's and jvp's stats) every N steps (0 = off). Nested, about 4x jvp2's cost (bench/jvp_cost.py)."""
+    gives jvp2's and jvp's stats) every N steps (0 = off). Nested, about 3x jvp2's cost (bench/jvp_cost.py)."""
     jvp_mode: str = "nested"
-    """How jvp2 and jvp3 get dz2 and dz3: nested (forward-mode AD nested 2 or 3 deep: exact, 11 and 41 forwards'
+    """How jvp2 and jvp3 get dz2 and dz3: nested (forward-mode AD nested 2 or 3 deep: exact, 12 and 38 forwards'
     cost on nano) or fd (the jvp's exact dz1 plus two forwards at theta +- h dtheta, central differences:
     theory.kernel.fd_taylor_logits; the jvp's cost plus two forwards, O(h^2) truncation and float32 rounding)."""
     jvp_fd_h: float = 0.25
