@@ -1,13 +1,14 @@
 """The recorder's jvp2 and jvp3 probes (probes.jvp2_every, probes.jvp3_every) on a tiny nano run.
 
-Claims: on a jvp2 step the stats carry jvp2_dH, jvp2_kl, jvp2_kl_reverse beside jvp_cov / jvp_var, the row
-carries pred/jvp2/*, and at the trainer's default lr (3e-4, AdamW) jvp2 is within 12% of the observed
-entropy/delta and kl/step (step 0 of this 8 x 4 batch moves kl/step by 0.10 nats, where the missing
-third-order logit term shows: measured dH 0.07% / 8.3% and KL 5.5% / 2.2% on steps 0 / 1; another
-machine's float arithmetic gave 5.4% on KL) and closer than the first-order jvp on dH (on the KL
-the first order's error, 4.2% on step 0, can be the smaller one at this step size: measured). On a jvp3
-step the stats also carry jvp3_* and jvp1s_*, and jvp3 gets the KL within 1% (measured 0.13% and 0.02%)
-and closer than jvp and jvp2, and dH within 3% (measured 1.4%, 1.2%). With every knob at 0 no jvp key is written.
+The runs use optim.lr = 1e-4: a step inside the Taylor series' range (kl/step 0.002-0.012 per step). At the
+default 3e-4 this 8 x 4 batch moves 0.07-0.13 nats at step 0, where the series' truncation depends on the
+cold start and the batch: in one full-suite run jvp2 missed dH by 26% there, in another by 0.07% (measured).
+Claims, with their measured margins over RL seeds 0-4 at lr 1e-4: on a jvp2 step the stats carry jvp2_* and
+jvp1s_* beside jvp_cov / jvp_var and the row carries pred/jvp2/*; jvp2 gets kl/step within 5% (measured
+<= 1.5%); on a jvp3 step also jvp3_*, and jvp3 gets kl/step within 1% (<= 0.13%), closer than jvp and jvp2;
+on dH, whose relative error is ill-conditioned where dH is near 0, both are held to
+|pred - obs| <= 0.1 |jvp - obs| + 0.02 kl/step (measured: at most 0.18 of that bound for jvp2, 0.02 for jvp3).
+With every knob at 0 no jvp key is written.
 """
 from __future__ import annotations
 
@@ -18,25 +19,30 @@ from solidrl.probes import recorder as R
 from solidrl.trainer.config import TrainConfig, apply_overrides
 from solidrl.trainer.loop import train
 
+LR = 1e-4
+
+
+def _dH_within(r, p):
+    m = "entropy/delta"
+    return abs(r[f"pred/{p}/{m}"] - r[m]) <= 0.1 * abs(r[f"pred/jvp/{m}"] - r[m]) + 0.02 * r["kl/step"]
+
 
 def test_jvp2_probe_writes_its_stats_and_predicts_the_step(tmp_path):
-    cfg = apply_overrides(TrainConfig(), tiny_overrides(**{"run.steps": 2, "probes.jvp2_every": 1}))
+    cfg = apply_overrides(TrainConfig(), tiny_overrides(**{"run.steps": 2, "probes.jvp2_every": 1, "optim.lr": LR}))
     train(cfg, tmp_path, progress=False, setup=R.attach)
     rows = read_rows(tmp_path)
     st = torch.load(tmp_path / "stats" / "step_000001.pt", weights_only=True)
-    assert {"jvp_cov", "jvp_var", "jvp2_dH", "jvp2_kl", "jvp2_kl_reverse"} <= set(st)
+    assert {"jvp_cov", "jvp_var", "jvp2_dH", "jvp2_kl", "jvp2_kl_reverse", "jvp1s_dH", "jvp1s_kl"} <= set(st)
     assert st["jvp2_kl"].shape == st["logp"].shape and (st["jvp2_kl"] >= 0).all()
     for r in rows:
-        for m in ("entropy/delta", "kl/step", "kl/step_reverse"):
-            obs, p2 = r[m], r[f"pred/jvp2/{m}"]
-            assert abs(p2 - obs) < 0.12 * abs(obs), (r["step"], m, obs, p2)
-        m = "entropy/delta"
-        assert abs(r[f"pred/jvp2/{m}"] - r[m]) <= abs(r[f"pred/jvp/{m}"] - r[m]), (r["step"], m)
+        for m in ("kl/step", "kl/step_reverse"):
+            assert abs(r[f"pred/jvp2/{m}"] - r[m]) < 0.05 * r[m], (r["step"], m, r[m], r[f"pred/jvp2/{m}"])
+        assert _dH_within(r, "jvp2"), (r["step"], r["entropy/delta"], r["pred/jvp2/entropy/delta"])
     assert not any(k.startswith("pred/jvp3/") for r in rows for k in r)  # jvp3 is off
 
 
 def test_jvp3_probe_writes_every_order_and_gets_the_kl_to_one_percent(tmp_path):
-    cfg = apply_overrides(TrainConfig(), tiny_overrides(**{"run.steps": 2, "probes.jvp3_every": 1}))
+    cfg = apply_overrides(TrainConfig(), tiny_overrides(**{"run.steps": 2, "probes.jvp3_every": 1, "optim.lr": LR}))
     train(cfg, tmp_path, progress=False, setup=R.attach)
     st = torch.load(tmp_path / "stats" / "step_000001.pt", weights_only=True)
     assert {f"{p}_{k}" for p in ("jvp3", "jvp2", "jvp1s") for k in ("dH", "kl", "kl_reverse")} <= set(st)
@@ -44,8 +50,7 @@ def test_jvp3_probe_writes_every_order_and_gets_the_kl_to_one_percent(tmp_path):
         for m in ("kl/step", "kl/step_reverse"):
             err = {p: abs(r[f"pred/{p}/{m}"] - r[m]) for p in ("jvp", "jvp2", "jvp3") if f"pred/{p}/{m}" in r}
             assert err["jvp3"] < 0.01 * r[m] and err["jvp3"] == min(err.values()), (r["step"], m, err)
-        m = "entropy/delta"
-        assert abs(r[f"pred/jvp3/{m}"] - r[m]) < 0.03 * abs(r[m]), (r["step"], r[m], r[f"pred/jvp3/{m}"])
+        assert _dH_within(r, "jvp3"), (r["step"], r["entropy/delta"], r["pred/jvp3/entropy/delta"])
 
 
 def test_no_jvp_keys_when_both_knobs_are_off(tmp_path):
@@ -62,7 +67,7 @@ def test_fd_mode_gives_the_nested_predictions_on_the_same_run(tmp_path):
     rows = {}
     for mode in ("nested", "fd"):
         cfg = apply_overrides(TrainConfig(), tiny_overrides(**{"run.steps": 2, "probes.jvp3_every": 1,
-                                                              "probes.jvp_mode": mode}))
+                                                              "probes.jvp_mode": mode, "optim.lr": LR}))
         train(cfg, tmp_path / mode, progress=False, setup=R.attach)
         rows[mode] = read_rows(tmp_path / mode)
     for a, b in zip(rows["nested"], rows["fd"]):
