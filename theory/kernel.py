@@ -43,9 +43,9 @@ from torch.func import functional_call, jvp
 from solidrl.theory.derivation import STAT, Cov, Derivation, Var
 from solidrl.theory.entropy import derive_tabular_sgd, directional_moments
 
-__all__ = ["derive_jvp", "derive_jvp2", "derive_jvp3", "derive_jvp1s", "derive_jvp_fd", "fd_taylor_logits", "derive_trust_region", "derive_kernel_crosstalk",
-           "jvp_logit_change", "jvp2_logit_change", "jvp_taylor_logits", "linearized_stats", "expanded_stats",
-           "taylor_stats", "logit_order_stats", "ORDERS", "residual_order"]
+__all__ = ["derive_jvp", "derive_jvp1s", "derive_jvp2", "derive_jvp3", "derive_jvp_fd", "derive_trust_region",
+           "derive_kernel_crosstalk", "jvp_logit_change", "jvp2_logit_change", "jvp_taylor_logits", "fd_taylor_logits",
+           "linearized_stats", "expanded_stats", "taylor_stats", "logit_order_stats", "ORDERS", "residual_order"]
 
 _lr = STAT["lr"]
 

@@ -5,9 +5,11 @@
 For each model, N counterfactual steps (probes/counterfactual.py) from the same weights
 on N real rollout batches, each at a learning rate eta, eta/2 and eta/4, with the probes' recorder
 attached (the JVP, jvp1s, jvp2 and jvp3 from one third-order nested pass on every step; on a big model
-`--set probes.jvp3_every=0` keeps the second-order pass: jvp3 costs 8 bare SmolLM2 steps, bench/jvp_cost.py). eta is calibrated per model (--target-kl, default 0.01) so that the
-first batch's JVP-predicted kl/step is the same on every model: the first-order predictors' error
-grows with the step's size in nats, and one lr is a very different step on different models. Per
+`--set probes.jvp_mode=fd` takes dz2, dz3 from two forwards instead, or `--set probes.jvp3_every=0` keeps the
+second-order pass: a nested jvp3 costs 8 bare SmolLM2 steps, bench/jvp_cost.py). eta is calibrated per model
+(--target-kl, default 0.01) so that the first batch's JVP-predicted kl/step is the same on every model: the
+first-order predictors' error grows with the step's size in nats, and one lr is a very different step on
+different models. Per
 predictor output with an observed counterpart it reports, over the N batches at eta:
   median relative error   median_b |pred - obs| / |obs|
   Pearson r               of pred and obs over the batches
