@@ -10,8 +10,10 @@ import torch
 from solidrl.theory import advantages
 from solidrl.theory.predictors import PREDICTORS
 
-torch.set_default_dtype(torch.float64)
-EPS = torch.tensor(1e-6)  # stats grpo_std_eps: the trainer's GRPO epsilon, as the recorder writes it
+# float64 as torch's default inside this module's tests only (conftest.float64_default): set at import, it
+# leaked into every other test of the session and changed the trainer's numbers there
+pytestmark = pytest.mark.usefixtures("float64_default")
+EPS = torch.tensor(1e-6, dtype=torch.float64)  # stats grpo_std_eps: the trainer's GRPO epsilon, as the recorder writes it
 
 
 @pytest.mark.parametrize("G", [2, 3, 5])

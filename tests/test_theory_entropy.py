@@ -12,7 +12,9 @@ from solidrl.theory import entropy
 from solidrl.theory.derivation import STAT
 from solidrl.theory.predictors import PREDICTORS
 
-torch.set_default_dtype(torch.float64)
+# float64 as torch's default inside this module's tests only (conftest.float64_default): set at import, it
+# leaked into every other test of the session and changed the trainer's numbers there
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def H(z):

@@ -14,7 +14,9 @@ from hypothesis import assume, given, settings, strategies as st
 from solidrl.theory.advantages import derive_aggregation_weights
 
 algos = pytest.importorskip("solidrl.trainer.algos")
-torch.set_default_dtype(torch.float64)
+# float64 as torch's default inside this module's tests only (conftest.float64_default): set at import, it
+# leaked into every other test of the session and changed the trainer's numbers there
+pytestmark = pytest.mark.usefixtures("float64_default")
 SETTINGS = settings(max_examples=60, deadline=None)
 
 # ---- strategies ------------------------------------------------------------------------------------
