@@ -55,12 +55,7 @@ def bench_size(size: str, rounds: int, threads: int) -> dict:
         trainer.train_step(0)
         ro = got["ro"]
         model = trainer.model
-        ids = torch.cat([ro.prompt_ids, ro.response_ids], 1)
-        mask = torch.cat([ro.prompt_mask, ro.response_mask.long()], 1)
-        P, R = ro.prompt_ids.shape[1], ro.response_ids.shape[1]
-        rows = torch.zeros_like(mask, dtype=torch.bool)
-        rows[:, P - 1:P + R - 1] = ro.response_mask > 0
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, pos, rows = ro.full_inputs()  # what the JVP probe feeds the model
         g = torch.Generator().manual_seed(0)
         delta = {n: 1e-4 * torch.randn(q.shape, generator=g) for n, q in model.named_parameters() if q.requires_grad}
 

@@ -411,12 +411,7 @@ class Recorder:
         self._load_flat(st.before)  # evaluate at theta_before
         try:
             ro = ctx.rollout if sub is None else ctx.rollout.select(sub)
-            ids = torch.cat([ro.prompt_ids, ro.response_ids], 1)
-            mask = torch.cat([ro.prompt_mask, ro.response_mask.long()], 1)
-            P, R = ro.prompt_ids.shape[1], ro.response_ids.shape[1]
-            positions = torch.zeros_like(mask, dtype=torch.bool)
-            positions[:, P - 1:P + R - 1] = ro.response_mask > 0  # logits at i predict token i + 1
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            ids, mask, pos, positions = ro.full_inputs()
             order = self._logit_order(ctx.step)
             with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
                 if order > 1 and self.jvp_mode == "fd":  # the jvp plus two forwards (kernel.fd_taylor_logits)

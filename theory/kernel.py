@@ -211,29 +211,11 @@ def derive_jvp2(V: int = 3) -> Derivation:
     r_first = sp.Matrix([m.diff(t).subs(t, 0) - j for m, j in zip(moved, J_delta)])
     r_second = sp.Matrix([m.diff(t, 2).subs(t, 0) - h for m, h in zip(moved, hess_q)])
 
-    zs, d, e = (sp.symbols(f"{n}1:{V + 1}", real=True) for n in ("z", "d", "e"))
-
-    def log_softmax(vec):
-        lse = sp.log(sum(sp.exp(q) for q in vec))
-        return [q - lse for q in vec]
-
-    lp0 = log_softmax(zs)
-    lp1 = log_softmax([zv + t * dv + t**2 / 2 * ev for zv, dv, ev in zip(zs, d, e)])
-    p0, p1 = [sp.exp(q) for q in lp0], [sp.exp(q) for q in lp1]
-    dH = -sum(q * l for q, l in zip(p1, lp1)) + sum(q * l for q, l in zip(p0, lp0))
-    kl = sum(q * (a - c) for q, a, c in zip(p0, lp0, lp1))
-    kl_rev = sum(q * (c - a) for q, a, c in zip(p1, lp0, lp1))
-    Ed = sum(q * dv for q, dv in zip(p0, d))
-    El = sum(q * lv for q, lv in zip(p0, lp0))
-    cov = sum(q * (lv - El) * (dv - Ed) for q, lv, dv in zip(p0, lp0, d))
-    var = sum(q * (dv - Ed) ** 2 for q, dv in zip(p0, d))
-    q = sp.symbols(f"q1:{V + 1}", positive=True)
-    to_q = {zv: sp.log(qv) for zv, qv in zip(zs, q)}  # exp(z_v) = q_v: rational in q, fast to simplify
-
-    def at0(f, k):  # the t^k Taylor coefficient at t = 0
-        return sp.expand_log((f.diff(t, k).subs(t, 0) / sp.factorial(k)).subs(to_q), force=True)
-
-    cov, var = (sp.expand_log(x.subs(to_q), force=True) for x in (cov, var))
+    E = _softmax_on_expansion(V, 2)  # the symbolic softmax on z + t d + t^2/2 e, shared with jvp1s and jvp3
+    d = E.ds[0]
+    dH, kl, kl_rev = E.functionals(2)
+    at0 = E.at0
+    cov, var = E.in_q(E.cov(E.lp0, d)), E.in_q(E.cov(d, d))
 
     Z, dth = sp.Function("z"), sp.Symbol(r"\Delta\theta")
     zt = sp.Symbol(r"\tilde z")
@@ -499,7 +481,7 @@ def jvp_taylor_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tenso
 
     Nested forward-mode AD: f_1 = jvp(logits, ., delta); f_k = jvp(f_(k-1), ., delta), whose tangent
     outputs are the next derivative (Griewank & Walther 2008, ch. 13). Each level doubles the number of
-    forward values carried, so order k costs about 2^k forwards' worth of activations (bench/probe_overhead.py
+    forward values carried, so order k costs about 2^k forwards' worth of activations (bench/jvp_cost.py
     measures it). Model requirements as jvp_logit_change (eager or math attention; rows after EOS left out
     of `positions`). params: the point theta to expand at, name -> tensor for the names in delta (default:
     the model's current parameters), so a caller holding theta_after in the model can expand at

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -35,6 +36,22 @@ class ModelSize:
     intermediate: int
     sft_lr: float = 1e-3
     """Default cold-start (SFT) learning rate for this size."""
+
+
+def float32_default(fn: Callable) -> Callable:
+    """Run fn with torch's default dtype float32, restored after. The trainer and the SFT loop create
+    tensors with the default dtype in places, so a caller's torch.set_default_dtype(torch.float64) changed
+    the cold start and with it the run (the tiny nano run's step-0 kl/step 0.135 against 0.103, measured)
+    although the config says float32. Decorates run_sft, cold_start, Trainer.__init__ and Trainer._step."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float32)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_default_dtype(old)
+    return wrapped
 
 
 MODEL_SIZES: Registry[ModelSize] = Registry("model size")

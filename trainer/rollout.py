@@ -50,6 +50,17 @@ class Rollout:
     def lengths(self) -> torch.Tensor:
         return self.response_mask.sum(-1)
 
+    def full_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ids, mask, position ids, rows) of the whole sequences [S, P + R], one plain forward's inputs (the
+        JVP probe, the trust region); rows: bool, the logit rows predicting response tokens (the logits at i
+        predict token i + 1; none after EOS, whose rows carry padding)."""
+        ids = torch.cat([self.prompt_ids, self.response_ids], 1)
+        mask = torch.cat([self.prompt_mask, self.response_mask.long()], 1)
+        P, R = self.prompt_ids.shape[1], self.response_ids.shape[1]
+        rows = torch.zeros_like(mask, dtype=torch.bool)
+        rows[:, P - 1:P + R - 1] = self.response_mask > 0
+        return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), rows
+
     def select(self, idx: torch.Tensor) -> "Rollout":
         return Rollout(self.prompt_ids[idx], self.prompt_mask[idx], self.response_ids[idx],
                        self.response_mask[idx], self.rollout_logp[idx], self.truncated[idx],

@@ -28,7 +28,7 @@ from . import rollout as rollout_mod
 from . import tasks as tasks_mod
 from . import tokenizer as tokenizer_mod
 from .config import TrainConfig
-from .model import MODEL_SIZES, build_model, cache_dir, is_terminal
+from .model import MODEL_SIZES, build_model, cache_dir, float32_default, is_terminal
 from .rollout import Rollout, generate, left_pad, response_logits
 from .tasks import TASKS, Task, get_task
 from .tokenizer import ALPHABET, build_char_tokenizer, encode_prompts
@@ -88,6 +88,7 @@ def sampled_accuracy(model, tokenizer, task: Task, problems, max_new_tokens: int
     return float(np.mean(ok))
 
 
+@float32_default
 def run_sft(cfg: TrainConfig, out_dir: Optional[Path] = None, progress: bool = True) -> Path:
     """Train a cold start and save it (model + tokenizer + sft.json) to `out_dir`; returns the dir.
 
@@ -162,6 +163,7 @@ def _run_sft(cfg: TrainConfig, out_dir: Optional[Path], progress: bool) -> Path:
     return out_dir
 
 
+@float32_default
 def cold_start(cfg: TrainConfig, progress: bool = True) -> Path:
     """The cached cold start for this config's size and task (trained on first use)."""
     d = sft_dir(cfg)

@@ -73,14 +73,6 @@ class TrustRegion:
         """The parameters before the optimizer's step (the loop calls it right before opt.step())."""
         self.before = {n: p.detach().clone() for n, p in self.named}
 
-    def _inputs(self, ro) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Full-sequence ids, mask, position ids and the logit rows predicting response tokens."""
-        ids = torch.cat([ro.prompt_ids, ro.response_ids], 1)
-        mask = torch.cat([ro.prompt_mask, ro.response_mask.long()], 1)
-        P, R = ro.prompt_ids.shape[1], ro.response_ids.shape[1]
-        rows = torch.zeros_like(mask, dtype=torch.bool)
-        rows[:, P - 1:P + R - 1] = ro.response_mask > 0  # logits at i predict token i + 1; none after EOS
-        return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), rows
 
     def _set(self, s: float, delta: dict[str, Tensor]) -> None:
         with torch.no_grad():
@@ -95,7 +87,7 @@ class TrustRegion:
         if self.before is None:
             raise RuntimeError("trust region: no parameter snapshot (snapshot() was not called before the step)")
         delta = {n: p.detach() - self.before[n] for n, p in self.named}
-        ids, mask, pos, rows = self._inputs(ro)
+        ids, mask, pos, rows = ro.full_inputs()
         if self.mode == "predict":
             with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):  # forward AD: no fused CPU SDPA
                 logits, dz1, dz2 = jvp2_logit_change(self.model, ids, mask, pos, delta, rows, params=self.before)
